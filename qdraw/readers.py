@@ -1,0 +1,123 @@
+"""Streamed readers for the four Quick, Draw! layouts, and layout detection.
+
+Layouts: Kaggle ``train_simplified/<word>.csv`` and ``train_raw/<word>.csv`` (countrycode,drawing,key_id,recognized,
+timestamp,word), Kaggle ``test_simplified.csv`` / ``test_raw.csv`` (key_id,countrycode,drawing), and Google
+``<word>.ndjson`` (one JSON object a line, simplified or raw). Every reader yields one :class:`Row` per input line and
+never holds a file in memory; a row that cannot be read carries ``error`` instead of raising, so prepare_data counts it.
+"""
+from __future__ import annotations
+
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import orjson
+
+# Kaggle rows hold whole drawings in one field; raw drawings exceed csv's default 128 KB field limit.
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+@dataclass
+class Row:
+    """One input drawing: ``drawing`` is JSON text (CSV) or an already-parsed list (ndjson); error says why not."""
+
+    key_id: int = 0
+    drawing: object = None
+    word: str | None = None
+    country: str = ""
+    recognized: int = -1
+    error: str | None = None
+
+
+def _lines(path: Path) -> Iterator[str]:
+    # errors="replace": a non-UTF-8 byte spoils one row (bad JSON, counted), never the whole file.
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        yield from f
+
+
+def read_ndjson(path: Path) -> Iterator[Row]:
+    """Google ndjson (simplified or raw), one object a line."""
+    for line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = orjson.loads(line)
+            rec = obj.get("recognized")
+            yield Row(int(obj["key_id"]), obj["drawing"], obj.get("word"), str(obj.get("countrycode") or ""),
+                      -1 if rec is None else int(bool(rec)))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            yield Row(error="bad JSON line")
+
+
+def _csv_rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[dict[str, int], list[str]]]:
+    reader = csv.reader(_lines(path))
+    header = next(reader, None)
+    if header is None:
+        return
+    cols = {name: i for i, name in enumerate(header)}
+    missing = [c for c in required if c not in cols]
+    if missing:
+        raise ValueError(f"{path}: CSV header lacks {', '.join(missing)} (found {', '.join(header)})")
+    for row in reader:
+        yield cols, row
+
+
+def read_kaggle_train(path: Path) -> Iterator[Row]:
+    """Kaggle train CSV: countrycode,drawing,key_id,recognized,timestamp,word."""
+    for cols, r in _csv_rows(path, ("countrycode", "drawing", "key_id", "recognized", "word")):
+        try:
+            yield Row(int(r[cols["key_id"]]), r[cols["drawing"]], r[cols["word"]], r[cols["countrycode"]],
+                      int(r[cols["recognized"]] == "True"))
+        except (IndexError, ValueError):
+            yield Row(error="bad CSV row")
+
+
+def read_kaggle_test(path: Path) -> Iterator[Row]:
+    """Kaggle test CSV: key_id,countrycode,drawing (no labels)."""
+    for cols, r in _csv_rows(path, ("key_id", "countrycode", "drawing")):
+        try:
+            yield Row(int(r[cols["key_id"]]), r[cols["drawing"]], None, r[cols["countrycode"]], -1)
+        except (IndexError, ValueError):
+            yield Row(error="bad CSV row")
+
+
+def read_solution(path: Path) -> dict[int, str]:
+    """Kaggle solution CSV (key_id,word; spaces in names written as '_') → {key_id: word with '_' kept}."""
+    out = {}
+    for cols, r in _csv_rows(path, ("key_id", "word")):
+        try:
+            out[int(r[cols["key_id"]])] = r[cols["word"]]
+        except (IndexError, ValueError):
+            continue
+    return out
+
+
+@dataclass
+class Layout:
+    """What detect_layout found: the layout name, the per-class files (class name → path) and a reader."""
+
+    name: str
+    files: dict[str, Path]
+
+    def read(self, path: Path) -> Iterator[Row]:
+        return read_ndjson(path) if self.name == "ndjson" else read_kaggle_train(path)
+
+
+def detect_layout(path: Path) -> Layout:
+    """Detect a per-class folder layout: Google ndjson or Kaggle train CSV. Raise ValueError if neither."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"{path}: no such folder (expected a folder of <word>.ndjson or <word>.csv files)")
+    nd = sorted(path.glob("*.ndjson"))
+    if nd:
+        return Layout("ndjson", {p.stem: p for p in nd})
+    csvs = sorted(path.glob("*.csv"))
+    for p in csvs:
+        with open(p, encoding="utf-8", errors="replace") as f:
+            head = f.readline().strip().split(",")
+        if "drawing" in head and "word" in head:
+            return Layout("kaggle_train", {q.stem: q for q in csvs})
+        raise ValueError(f"{p}: not a Kaggle train CSV (header {','.join(head)})")
+    raise ValueError(f"{path}: holds no .ndjson or .csv files")

@@ -1,0 +1,218 @@
+"""Packed, memory-mappable store of drawings: the format prepare_data.py writes and every loader reads.
+
+Parsing JSON at every epoch is what made the original solution slow; here drawings are parsed once and written as flat
+arrays. A store directory holds::
+
+    meta.json                      format version, kind ("simplified" | "raw"), classes, block size, split rule, counts
+    classes.txt                    one class name a line; class index = line number (order = Python's sorted(), which
+                                   is case-sensitive: "The Eiffel Tower" comes before "aircraft carrier")
+    classes/<idx:03d>/train_<b:04d>.qdb   training blocks of up to block_size drawings of class idx
+    classes/<idx:03d>/val_<b:04d>.qdb     that class's validation drawings (1 in val_every, chosen by key_id)
+    classes/<idx:03d>/stats.json         rows read, kept and skipped per reason
+    test/block_<b:04d>.qdb         the test set, when one was packed (labels -1 unless a solution file was found)
+
+A ``.qdb`` block is one file: an 8-byte magic, a little-endian uint64 header length, a JSON header naming each array's
+dtype, shape and byte offset, then the arrays, each 64-byte aligned so :func:`read_block` can memory-map them:
+
+    xy       (P, 2) uint8   point coordinates in a 0..255 frame (simplified as given; raw aligned to the top-left and
+                            scaled uniformly to a max of 255, Google's first two simplification steps, then rounded)
+    t        (P,)   int32   ms since the drawing's first point (raw stores only)
+    strokes  (S+1,) int64   point offsets of each stroke
+    drawings (N+1,) int64   stroke offsets of each drawing
+    label    (N,)   int16   class index, -1 for unlabelled test drawings
+    key_id   (N,)   int64
+    country  (N,)   S2      countrycode
+    recognized (N,) int8    1/0, -1 when unknown (test)
+
+Files are written to a temporary name and renamed (os.replace), and a class directory is renamed into place only when
+all its blocks are written, so a killed prepare never leaves a half block that a reader would accept.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_VERSION = 1
+MAGIC = b"QDBLOCK1"
+_ALIGN = 64
+FIELDS = ("xy", "t", "strokes", "drawings", "label", "key_id", "country", "recognized")
+
+
+class StoreError(ValueError):
+    """A store or block that is missing, truncated, of another format version or inconsistent."""
+
+
+@dataclass
+class Block:
+    """Drawings of one block as flat (possibly memory-mapped) arrays; see the module docstring for shapes."""
+
+    xy: np.ndarray
+    t: np.ndarray | None
+    strokes: np.ndarray
+    drawings: np.ndarray
+    label: np.ndarray
+    key_id: np.ndarray
+    country: np.ndarray
+    recognized: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    def drawing(self, i: int) -> list[np.ndarray]:
+        """Strokes of drawing i as (n, 2) or (n, 3) int arrays (x, y[, t]); a convenience for tests and tools."""
+        out = []
+        for s in range(self.drawings[i], self.drawings[i + 1]):
+            a, b = self.strokes[s], self.strokes[s + 1]
+            pts = self.xy[a:b].astype(np.int64)
+            if self.t is not None:
+                pts = np.column_stack([pts, self.t[a:b]])
+            out.append(pts)
+        return out
+
+    def points_of(self, i: int) -> tuple[int, int]:
+        """First and one-past-last point index of drawing i."""
+        return int(self.strokes[self.drawings[i]]), int(self.strokes[self.drawings[i + 1]])
+
+    def select(self, idx: np.ndarray) -> "Block":
+        """A new in-memory block holding drawings idx (in that order)."""
+        return concat_blocks([self], [np.asarray(idx, dtype=np.int64)])
+
+
+def concat_blocks(blocks: list[Block], picks: list[np.ndarray] | None = None) -> Block:
+    """Concatenate blocks (optionally only the drawings ``picks[i]`` of block i) into one in-memory block."""
+    xy, t, lens, dlens, meta = [], [], [], [], {k: [] for k in ("label", "key_id", "country", "recognized")}
+    for bi, b in enumerate(blocks):
+        idx = np.arange(len(b)) if picks is None else picks[bi]
+        for i in idx:
+            s0, s1 = b.drawings[i], b.drawings[i + 1]
+            p0, p1 = b.strokes[s0], b.strokes[s1]
+            xy.append(b.xy[p0:p1])
+            if b.t is not None:
+                t.append(b.t[p0:p1])
+            lens.append(np.diff(b.strokes[s0:s1 + 1]))
+            dlens.append(s1 - s0)
+        for k in meta:
+            meta[k].append(getattr(b, k)[idx])
+    has_t = bool(blocks) and blocks[0].t is not None
+    return make_block(
+        np.concatenate(xy) if xy else np.zeros((0, 2), np.uint8),
+        (np.concatenate(t) if t else np.zeros(0, np.int32)) if has_t else None,
+        np.concatenate(lens) if lens else np.zeros(0, np.int64), np.asarray(dlens, np.int64),
+        *(np.concatenate(meta[k]) for k in meta))
+
+
+def make_block(xy: np.ndarray, t: np.ndarray | None, stroke_lens: np.ndarray, drawing_lens: np.ndarray,
+               label: np.ndarray, key_id: np.ndarray, country: np.ndarray, recognized: np.ndarray) -> Block:
+    """Build a Block from per-stroke point counts and per-drawing stroke counts."""
+    strokes = np.zeros(len(stroke_lens) + 1, np.int64)
+    np.cumsum(stroke_lens, out=strokes[1:])
+    drawings = np.zeros(len(drawing_lens) + 1, np.int64)
+    np.cumsum(drawing_lens, out=drawings[1:])
+    return Block(np.ascontiguousarray(xy, np.uint8), None if t is None else np.ascontiguousarray(t, np.int32),
+                 strokes, drawings, np.asarray(label, np.int16), np.asarray(key_id, np.int64),
+                 np.asarray(country, "S2"), np.asarray(recognized, np.int8))
+
+
+def write_block(path: Path, block: Block) -> None:
+    """Write a block atomically: a temporary file in the same folder, fsync, then os.replace."""
+    path = Path(path)
+    header, offset, arrays = {}, 0, []
+    for name in FIELDS:
+        arr = getattr(block, name)
+        if arr is None:
+            continue
+        arr = np.ascontiguousarray(arr)
+        header[name] = {"dtype": arr.dtype.str, "shape": list(arr.shape), "offset": offset}
+        arrays.append(arr)
+        offset += -(-arr.nbytes // _ALIGN) * _ALIGN
+    head = json.dumps({"version": FORMAT_VERSION, "arrays": header, "nbytes": offset}).encode()
+    head += b" " * (-(len(MAGIC) + 8 + len(head)) % _ALIGN)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(MAGIC + len(head).to_bytes(8, "little") + head)
+        for arr in arrays:
+            f.write(arr.tobytes())
+            f.write(b"\0" * (-arr.nbytes % _ALIGN))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_block(path: Path, mmap: bool = True) -> Block:
+    """Open a block, memory-mapped by default; raise StoreError for anything truncated or of another version."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            magic, hlen = f.read(8), int.from_bytes(f.read(8), "little")
+            if magic != MAGIC:
+                raise StoreError(f"{path}: not a .qdb block (bad magic)")
+            header = json.loads(f.read(hlen))
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, StoreError):
+            raise
+        raise StoreError(f"{path}: unreadable block ({exc})") from exc
+    if header.get("version") != FORMAT_VERSION:
+        raise StoreError(f"{path}: block format version {header.get('version')}, this code reads {FORMAT_VERSION}")
+    start = 16 + hlen
+    if path.stat().st_size < start + header["nbytes"] - _ALIGN:
+        raise StoreError(f"{path}: truncated block")
+    raw = np.memmap(path, np.uint8, "r") if mmap else np.fromfile(path, np.uint8)
+    arrays = {}
+    for name, spec in header["arrays"].items():
+        dt = np.dtype(spec["dtype"])
+        n = int(np.prod(spec["shape"], dtype=np.int64)) * dt.itemsize
+        a = start + spec["offset"]
+        if a + n > len(raw):
+            raise StoreError(f"{path}: truncated block")
+        arrays[name] = raw[a:a + n].view(dt).reshape(spec["shape"])
+    arrays.setdefault("t", None)
+    block = Block(**arrays)
+    if len(block.drawings) != len(block.label) + 1 or block.strokes[-1] != len(block.xy):
+        raise StoreError(f"{path}: inconsistent offsets")
+    return block
+
+
+class Store:
+    """Read side of a prepared store: classes, blocks per class, validation and test splits."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        meta_path = self.root / "meta.json"
+        if not meta_path.is_file():
+            raise StoreError(f"{self.root}: not a prepared store (no meta.json); run prepare_data.py first")
+        self.meta = json.loads(meta_path.read_text())
+        if self.meta.get("version") != FORMAT_VERSION:
+            raise StoreError(f"{self.root}: store format version {self.meta.get('version')}, "
+                             f"this code reads {FORMAT_VERSION}; re-run prepare_data.py")
+        self.classes: list[str] = list(self.meta["classes"])
+        self.kind: str = self.meta["kind"]
+
+    @property
+    def has_time(self) -> bool:
+        return self.kind == "raw"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def class_dir(self, c: int) -> Path:
+        return self.root / "classes" / f"{c:03d}"
+
+    def train_blocks(self, c: int) -> list[Path]:
+        """Training block files of class c, in order."""
+        return sorted(self.class_dir(c).glob("train_*.qdb"))
+
+    def val_blocks(self, c: int) -> list[Path]:
+        """Validation block files of class c (often one; none for a class too small to get a validation drawing)."""
+        return sorted(self.class_dir(c).glob("val_*.qdb"))
+
+    def test_blocks(self) -> list[Path]:
+        return sorted((self.root / "test").glob("block_*.qdb"))
+
+    def block_sizes(self) -> dict[int, list[int]]:
+        """Drawings per training block for each class, from meta.json (no block is opened)."""
+        return {int(c): sizes for c, sizes in self.meta["train_block_sizes"].items()}
