@@ -1,0 +1,158 @@
+"""The work behind prepare_data.py: detect the layout, pack every class in parallel, pack the test CSV, write meta.json.
+
+Kept out of the CLI so train.py can prepare the synthetic default on the fly and tests can call it directly.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .pack import pack_class, pack_rows
+from .readers import Layout, detect_layout, read_kaggle_test, read_solution
+from .store import FORMAT_VERSION
+from .strokes import DrawingError, check_drawing, loads_drawing
+
+
+@dataclass
+class PrepareOptions:
+    """Settings of one prepare run (the CLI flags of prepare_data.py)."""
+
+    output: str
+    block_size: int = 10000
+    val_every: int = 30
+    classes: str | None = None
+    max_per_class: int | None = None
+    test: str | None = None
+    no_test: bool = False
+    workers: int = 1
+    synthetic_per_class: int = 1500
+    seed: int = 0
+
+
+def sniff_kind(layout: Layout) -> str:
+    """'raw' when the first valid drawing has a time list per stroke, else 'simplified'."""
+    for path in layout.files.values():
+        for i, row in enumerate(layout.read(path)):
+            if i > 1000:
+                break
+            try:
+                d = loads_drawing(row.drawing) if isinstance(row.drawing, (str, bytes)) else row.drawing
+                return "raw" if check_drawing(d) == 3 else "simplified"
+            except DrawingError:
+                continue
+    raise ValueError("no valid drawing found in the first rows of the input")
+
+
+def _select_classes(files: dict[str, Path], spec: str | None) -> dict[str, Path]:
+    if not spec:
+        return files
+    names = Path(spec).read_text().splitlines() if Path(spec).is_file() else spec.split(",")
+    names = [n.strip() for n in names if n.strip()]
+    unknown = [n for n in names if n not in files]
+    if unknown:
+        raise ValueError(f"classes not in the input: {', '.join(unknown)}")
+    return {n: files[n] for n in names}
+
+
+def _pack_test(args, out: Path, kind: str, classes: list[str], test: Path) -> dict:
+    """Pack a Kaggle test CSV into out/test, labelled from its solution file when one lies beside it."""
+    sol_path = test.with_name(test.stem + "_solution.csv")
+    solution = read_solution(sol_path) if sol_path.is_file() else {}
+    index = {c.replace(" ", "_"): i for i, c in enumerate(classes)}
+    label_of = (lambda row: index[solution[row.key_id]]) if solution else (lambda row: -1)
+    tmp = out / f".test.tmp{os.getpid()}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    stats = pack_rows(read_kaggle_test(test), kind, label_of, tmp, args.block_size, args.val_every,
+                      prefix_train="block", prefix_val=None)
+    stats.update(source=str(test), labelled=bool(solution))
+    (tmp / "stats.json").write_text(json.dumps(stats))
+    if (out / "test").exists():
+        os.rename(out / "test", out / f".test.old{os.getpid()}")
+    os.replace(tmp, out / "test")
+    return stats
+
+
+def _check_settings(out: Path, settings: dict) -> None:
+    """Refuse to mix a rerun into a store prepared with other settings (its finished classes would be reused)."""
+    path = out / "prepare.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != settings:
+            diff = ", ".join(f"{k}: {old.get(k)} -> {v}" for k, v in settings.items() if old.get(k) != v)
+            raise ValueError(f"{out} holds a store prepared with other settings ({diff}); use a new --output")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings))
+
+
+def prepare(args: PrepareOptions, source: Path) -> dict:
+    out = Path(args.output)
+    layout = detect_layout(source)
+    files = _select_classes(layout.files, args.classes)
+    kind = sniff_kind(layout)
+    classes = sorted(files)  # Python's sorted(): case-sensitive codepoint order, documented in qdraw/store.py
+    settings = {"version": FORMAT_VERSION, "input": str(source), "kind": kind, "classes": classes,
+                "block_size": args.block_size, "val_every": args.val_every, "max_per_class": args.max_per_class}
+    _check_settings(out, settings)
+    work = partial(_pack_one, layout=layout, kind=kind, out=out, args=args)
+    stats = {}
+    with ProcessPoolExecutor(max(1, args.workers)) as pool:
+        results = pool.map(work, enumerate(classes))
+        for name, st in zip(classes, tqdm(results, total=len(classes), desc=f"pack {kind}", unit="class")):
+            stats[name] = st
+    test = None if args.no_test else Path(args.test) if args.test else source.parent / f"test_{kind}.csv"
+    test_stats = _pack_test(args, out, kind, classes, test) if test and test.is_file() else None
+    if args.test and not Path(args.test).is_file():
+        raise ValueError(f"{args.test}: no such test CSV")
+    meta = {"version": FORMAT_VERSION, "kind": kind, "classes": classes, "block_size": args.block_size,
+            "val_every": args.val_every, "layout": layout.name, "source": str(source),
+            "train_block_sizes": {str(i): stats[c]["train"] for i, c in enumerate(classes)},
+            "val_sizes": {str(i): stats[c]["val"] for i, c in enumerate(classes)},
+            "test": test_stats}
+    tmp = out / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, out / "meta.json")
+    (out / "classes.txt").write_text("".join(c + "\n" for c in classes))
+    return {"classes": stats, "test": test_stats, "kind": kind}
+
+
+def _pack_one(item: tuple[int, str], layout: Layout, kind: str, out: Path, args) -> dict:
+    idx, name = item
+    return pack_class(layout.files[name], layout.read, kind, idx, out / "classes" / f"{idx:03d}",
+                      args.block_size, args.val_every, limit=args.max_per_class)
+
+
+def report(result: dict) -> None:
+    """Print counts: rows read, kept for train/val/test, skipped per reason (per class when any)."""
+    total, skipped = Counter(), Counter()
+    for name, st in result["classes"].items():
+        total["read"] += st["read"]
+        total["train"] += sum(st["train"])
+        total["val"] += sum(st["val"])
+        skipped.update(st["skipped"])
+        if st["skipped"]:
+            print(f"  {name}: skipped {sum(st['skipped'].values())} ({', '.join(f'{k}: {v}' for k, v in st['skipped'].items())})")
+    print(f"{result['kind']}: {len(result['classes'])} classes, {total['read']} rows read, {total['train']} train, "
+          f"{total['val']} val, {sum(skipped.values())} skipped" + (f" ({dict(skipped)})" if skipped else ""))
+    if result["test"]:
+        t = result["test"]
+        print(f"test: {t['read']} rows read, {sum(t['train'])} packed ({'labelled' if t['labelled'] else 'unlabelled'}),"
+              f" {sum(t['skipped'].values())} skipped" + (f" ({t['skipped']})" if t["skipped"] else ""))
+
+
+def prepare_input(input: str, args: PrepareOptions) -> dict:
+    """Prepare a folder, or the embedded synthetic set when input is 'synthetic'; return the counts for report()."""
+    if input == "synthetic":
+        from .synthetic import write_ndjson
+        with tempfile.TemporaryDirectory() as src:
+            write_ndjson(Path(src), args.synthetic_per_class, seed=args.seed)
+            return prepare(args, Path(src))
+    return prepare(args, Path(input))
