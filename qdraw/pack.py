@@ -1,192 +1,288 @@
-"""Turn streams of drawings into .qdb blocks: validation, raw normalisation, the validation split, per-class packing.
+"""Turn input files into .qdb blocks: chunked fast parsing, validation, raw normalisation, the validation split.
 
-The hot loop keeps Python work per drawing to a JSON parse, a structure check and a few list extends; number
-conversion, range checks and raw normalisation run vectorised once per block (bounded memory: one block of drawings).
+A file is read in chunks of a few MB. qdraw.fastparse parses every row of a chunk into flat arrays in one call; the
+rare row it does not accept is re-read with orjson (qdraw.readers / qdraw.strokes), which has the final word. Checks
+and Google's raw normalisation then run vectorised per chunk, and drawings are routed to the train or validation
+builder, which writes a block whenever it holds block_size drawings: memory stays bounded by a chunk plus two blocks.
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterator
 
 import numpy as np
 
-from .readers import Row
-from .store import Block, make_block, write_block
-from .strokes import DrawingError, check_drawing, loads_drawing
+from . import fastparse
+from .readers import TEST_COLUMNS, TRAIN_COLUMNS, Row, csv_columns, kaggle_row, ndjson_row
+from .store import Block, concat_blocks, make_block, write_block
+from .strokes import DrawingError, check_drawing, loads_drawing, to_arrays
 
-_M64 = (1 << 64) - 1
-
-
-def is_validation(key_id: int, val_every: int) -> bool:
-    """True for the 1-in-val_every drawings of the validation split: a fixed hash of key_id (splitmix64 finaliser),
-    so a drawing lands on the same side for raw and simplified data and on every rerun, whatever the file order."""
-    z = (key_id + 0x9E3779B97F4A7C15) & _M64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
-    return (z ^ (z >> 31)) % val_every == 0
+CHUNK_BYTES = 4 << 20
+_M64 = np.uint64((1 << 64) - 1)
 
 
-class BlockBuilder:
-    """Accumulates valid drawings of one kind ("simplified" | "raw") and emits Blocks; counts what it rejects."""
-
-    def __init__(self, kind: str, skipped: Counter):
-        self.kind, self.dims, self.skipped = kind, 3 if kind == "raw" else 2, skipped
-        self._reset()
-
-    def _reset(self) -> None:
-        self.cols: list[list] = [[] for _ in range(self.dims)]
-        self.stroke_lens: list[int] = []
-        self.drawing_lens: list[int] = []
-        self.meta: list[tuple[int, int, str, int]] = []
-
-    def __len__(self) -> int:
-        return len(self.drawing_lens)
-
-    def add(self, row: Row, label: int) -> bool:
-        """Add one row; False (and counted) when the drawing is malformed or of the other kind."""
-        try:
-            if isinstance(row.drawing, (str, bytes)):
-                d = loads_drawing(row.drawing)  # parses and checks the structure
-                dims = len(d[0])
-            else:
-                d = row.drawing
-                dims = check_drawing(d)
-        except DrawingError as exc:
-            self.skipped[str(exc)] += 1
-            return False
-        if dims != self.dims:
-            self.skipped["simplified drawing in a raw store" if dims == 2 else "raw drawing in a simplified store"] += 1
-            return False
-        for s in d:
-            for col, axis in zip(self.cols, s):
-                col.extend(axis)
-            self.stroke_lens.append(len(s[0]))
-        self.drawing_lens.append(len(d))
-        self.meta.append((label, row.key_id, row.country, row.recognized))
-        return True
-
-    def build(self) -> Block | None:
-        """Convert what was added into a Block (dropping drawings whose values are bad) and start afresh."""
-        if not self.drawing_lens:
-            return None
-        dl = np.asarray(self.drawing_lens, np.int64)
-        sl = np.asarray(self.stroke_lens, np.int64)
-        pts_per_drawing = np.add.reduceat(sl, np.r_[0, np.cumsum(dl)[:-1]])
-        cols, ok = self._convert(pts_per_drawing)
-        starts = np.r_[0, np.cumsum(pts_per_drawing)[:-1]]
-        x, y = cols[0], cols[1]
-        if self.kind == "simplified":
-            # Google's simplified drawings are integers in 0..255: anything else is corrupt, not rescaled.
-            good = (x >= 0) & (x <= 255) & (y >= 0) & (y <= 255) & (x == np.round(x)) & (y == np.round(y))
-            before = int(ok.sum())
-            ok &= np.logical_and.reduceat(good, starts)
-            self.skipped["coordinate outside 0..255 or fractional"] += before - int(ok.sum())
-        else:
-            # Google's first two simplification steps: align to the top-left, scale uniformly to a max of 255.
-            x0, y0 = np.minimum.reduceat(x, starts), np.minimum.reduceat(y, starts)
-            span = np.maximum(np.maximum.reduceat(x, starts) - x0, np.maximum.reduceat(y, starts) - y0)
-            scale = np.repeat(255.0 / np.where(span > 0, span, 1.0), pts_per_drawing)
-            x = (x - np.repeat(x0, pts_per_drawing)) * scale
-            y = (y - np.repeat(y0, pts_per_drawing)) * scale
-            t = cols[2] - np.repeat(np.minimum.reduceat(cols[2], starts), pts_per_drawing)
-            # ms since the first point; clamp absurd values instead of wrapping int32.
-            t = np.clip(t, 0, 2**31 - 1)
-        keep_pts = np.repeat(ok, pts_per_drawing)
-        keep_strokes = np.repeat(ok, dl)
-        xy = np.column_stack([np.round(x[keep_pts]), np.round(y[keep_pts])]).astype(np.uint8)
-        label, key, country, rec = zip(*self.meta) if self.meta else ((), (), (), ())
-        country = [c.encode("ascii", "replace")[:2] for c in country]
-        block = make_block(xy, t[keep_pts].astype(np.int32) if self.kind == "raw" else None,
-                           sl[keep_strokes], dl[ok], np.asarray(label)[ok], np.asarray(key, np.int64)[ok],
-                           np.asarray(country, "S2")[ok], np.asarray(rec)[ok])
-        self._reset()
-        return block if len(block) else None
-
-    def _convert(self, pts_per_drawing: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-        """Flat float64 columns and a per-drawing ok mask (finite numbers); slow path only when a value is not a number."""
-        n = len(pts_per_drawing)
-        try:
-            cols = [np.array(c, dtype=np.float64) for c in self.cols]
-            ok = np.ones(n, bool)
-        except (TypeError, ValueError, OverflowError):
-            cols = [np.zeros(len(c)) for c in self.cols]
-            ok = np.ones(n, bool)
-            start = 0
-            for i, m in enumerate(pts_per_drawing):
-                try:
-                    for col, src in zip(cols, self.cols):
-                        col[start:start + m] = np.array(src[start:start + m], dtype=np.float64)
-                except (TypeError, ValueError, OverflowError):
-                    ok[i] = False
-                start += m
-            self.skipped["non-numeric coordinate"] += int((~ok).sum())
-        finite = np.ones(len(cols[0]), bool)
-        for c in cols:
-            finite &= np.isfinite(c) & (np.abs(c) < 1e9)
-        starts = np.r_[0, np.cumsum(pts_per_drawing)[:-1]]
-        fin = np.logical_and.reduceat(finite, starts)
-        self.skipped["non-finite or huge coordinate"] += int((ok & ~fin).sum())
-        ok &= fin
-        for c in cols:
-            c[~finite] = 0.0
-        return cols, ok
+def is_validation(key_ids: np.ndarray, val_every: int) -> np.ndarray:
+    """Mask of the 1-in-val_every validation drawings: a fixed hash of key_id (splitmix64), so a drawing lands on
+    the same side for raw and simplified data and on every rerun, whatever the file order."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(key_ids, np.int64).astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return z % np.uint64(val_every) == 0
 
 
-def pack_rows(rows: Iterable[Row], kind: str, label_of, out_dir: Path, block_size: int, val_every: int,
-              prefix_train: str = "train", prefix_val: str | None = "val", limit: int | None = None) -> dict:
-    """Pack rows into ``<prefix>_<b:04d>.qdb`` blocks in out_dir; return counts (read, train, val, skipped reasons).
+def normalise(x: np.ndarray, y: np.ndarray, t: np.ndarray | None, pts: np.ndarray, kind: str,
+              skipped: Counter) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Check values and map drawings into the store's frame; return (xy uint8, t int32 | None, ok per drawing).
 
-    label_of(row) gives the label or raises KeyError (counted as "unknown class"). With prefix_val=None every row goes
-    to the train prefix (the test set).
+    pts: points per drawing. Simplified drawings must already be integers in 0..255 (anything else is corrupt, not
+    rescaled); raw drawings get Google's first two simplification steps: align to the top-left, scale uniformly to
+    a max of 255. Non-finite or huge (|v| >= 1e9) values reject their drawing.
     """
-    skipped: Counter = Counter()
-    split = {"train": BlockBuilder(kind, skipped), "val": BlockBuilder(kind, skipped)}
-    written = {"train": [], "val": []}
-    prefix = {"train": prefix_train, "val": prefix_val}
-    read = 0
+    starts = np.r_[0, np.cumsum(pts)[:-1]].astype(np.int64)
+    nonempty = pts > 0
+    good = np.isfinite(x) & np.isfinite(y) & (np.abs(x) < 1e9) & (np.abs(y) < 1e9)
+    if t is not None:
+        good &= np.isfinite(t) & (np.abs(t) < 1e12)
+    ok = _all_per_drawing(good, starts, nonempty)
+    skipped["non-finite or huge coordinate"] += int((nonempty & ~ok).sum())
+    x, y = np.where(good, x, 0.0), np.where(good, y, 0.0)
+    if kind == "simplified":
+        inside = (x >= 0) & (x <= 255) & (y >= 0) & (y <= 255) & (x == np.floor(x)) & (y == np.floor(y))
+        before = int(ok.sum())
+        ok &= _all_per_drawing(inside, starts, nonempty)
+        skipped["coordinate outside 0..255 or fractional"] += before - int(ok.sum())
+        return np.column_stack([x, y]).astype(np.uint8), None, ok
+    x0, y0 = _per_drawing(np.minimum, x, starts, nonempty), _per_drawing(np.minimum, y, starts, nonempty)
+    span = np.maximum(_per_drawing(np.maximum, x, starts, nonempty) - x0,
+                      _per_drawing(np.maximum, y, starts, nonempty) - y0)
+    scale = np.repeat(255.0 / np.where(span > 0, span, 1.0), pts)
+    xs = np.clip(np.round((x - np.repeat(x0, pts)) * scale), 0, 255)
+    ys = np.clip(np.round((y - np.repeat(y0, pts)) * scale), 0, 255)
+    t = np.where(np.isfinite(t), t, 0.0)
+    t = t - np.repeat(_per_drawing(np.minimum, t, starts, nonempty), pts)
+    # ms since the first point; clamp absurd values instead of wrapping int32
+    return np.column_stack([xs, ys]).astype(np.uint8), np.clip(np.round(t), 0, 2**31 - 1).astype(np.int32), ok
 
-    def flush(name: str) -> None:
-        block = split[name].build()
-        if block is not None:
-            write_block(out_dir / f"{prefix[name]}_{len(written[name]):04d}.qdb", block)
-            written[name].append(len(block))
 
-    for row in rows:
-        if limit is not None and read >= limit:
-            break
-        read += 1
+def points_per_drawing(stroke_lens: np.ndarray, nstrokes: np.ndarray) -> np.ndarray:
+    """Points of each drawing from points per stroke and strokes per drawing (drawings may have no strokes)."""
+    cum_pts = np.r_[0, np.cumsum(stroke_lens, dtype=np.int64)]
+    cum_strokes = np.r_[0, np.cumsum(nstrokes, dtype=np.int64)]
+    return cum_pts[cum_strokes[1:]] - cum_pts[cum_strokes[:-1]]
+
+
+def _per_drawing(op: np.ufunc, v: np.ndarray, starts: np.ndarray, nonempty: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(starts), v.dtype)
+    if nonempty.any():
+        out[nonempty] = op.reduceat(v, starts[nonempty])
+    return out
+
+
+def _all_per_drawing(mask: np.ndarray, starts: np.ndarray, nonempty: np.ndarray) -> np.ndarray:
+    return _per_drawing(np.logical_and, mask, starts, nonempty) & nonempty
+
+
+class _Parser:
+    """Chunked reading of one file in one format; yields Blocks of the valid drawings of each chunk."""
+
+    def __init__(self, path: Path, fmt: str, kind: str, skipped: Counter):
+        self.path, self.fmt, self.kind, self.skipped = Path(path), fmt, kind, skipped
+        self.cols = np.full(5, -1, np.int64)
+        self.header = None
+
+    def _csv_header(self, line: bytes) -> None:
+        self.header = line.decode("utf-8", "replace").rstrip("\r\n")
+        names = next(csv.reader([self.header]))
+        idx = csv_columns(names, TRAIN_COLUMNS if self.fmt == "kaggle_train" else TEST_COLUMNS, self.path)
+        self.cols[:] = [idx["drawing"], idx["key_id"], idx["countrycode"], idx.get("recognized", -1), len(names)]
+
+    def chunks(self, limit: int | None) -> Iterator[Block]:
+        """Valid drawings of each chunk of the file (at most limit rows read), label 0; counts every rejection."""
+        self.rows_read = 0
+        rest = b""
+        with open(self.path, "rb") as f:
+            while limit is None or self.rows_read < limit:
+                data = f.read(CHUNK_BYTES)
+                buf = rest + data
+                if not data:
+                    if buf.strip():
+                        buf += b"\n"  # a last line without newline
+                    else:
+                        break
+                cut = buf.rfind(b"\n") + 1
+                buf, rest = buf[:cut], buf[cut:]
+                if self.header is None and self.fmt != "ndjson" and buf:
+                    first = buf.find(b"\n") + 1
+                    self._csv_header(buf[:first])
+                    buf = buf[first:]
+                if buf:
+                    yield self._parse(buf, limit)
+                if not data:
+                    break
+
+    def _parse(self, data: bytes, limit: int | None) -> Block:
+        buf = np.frombuffer(data, np.uint8)
+        ends = np.flatnonzero(buf == 10)
+        starts = np.r_[0, ends[:-1] + 1]
+        blank = ends - starts <= 1
+        if blank.any():  # blank lines are no rows at all (ndjson files often end with one)
+            starts, ends = starts[~blank], ends[~blank]
+        if limit is not None:
+            starts, ends = starts[:limit - self.rows_read], ends[:limit - self.rows_read]
+        self.rows_read += len(starts)
+        n, cap = len(starts), len(data) // 2 + 1
+        xs, ys, ts = np.empty(cap), np.empty(cap), np.zeros(cap)
+        slen = np.empty(cap // 2 + 1, np.int64)
+        nstrokes, dims = np.zeros(n, np.int32), np.zeros(n, np.int8)
+        key, country = np.zeros(n, np.int64), np.zeros((n, 2), np.uint8)
+        rec, status = np.zeros(n, np.int8), np.zeros(n, np.int8)
+        fmt = fastparse.FMT_NDJSON if self.fmt == "ndjson" else fastparse.FMT_CSV
+        p, s = fastparse.parse_rows(buf, starts, ends, fmt, self.cols, xs, ys, ts, slen, nstrokes, dims, key,
+                                    country, rec, status)
+        want = 3 if self.kind == "raw" else 2
+        ok = status == fastparse.OK
+        wrong = ok & (dims != want)
+        self.skipped["raw drawing in a simplified store" if want == 2 else "simplified drawing in a raw store"] += \
+            int(wrong.sum())
+        pts_per_stroke = slen[:s]
+        pts = points_per_drawing(pts_per_stroke, nstrokes)
+        xy, t, good = normalise(xs[:p], ys[:p], ts[:p] if want == 3 else None, pts, self.kind, self.skipped)
+        countries = country.view("S2").ravel()
+        block = make_block(xy, t, pts_per_stroke, nstrokes, np.zeros(n, np.int16), key, countries, rec)
+        keep = np.flatnonzero(good & ok & ~wrong)
+        rejected = np.flatnonzero(~ok)
+        if not len(rejected):
+            return block if len(keep) == n else block.select(keep)
+        fb_block, fb_kept = self._fallback([data[starts[r]:ends[r]] for r in rejected])
+        # keep file order: merge the fast rows and the re-read rows by their row number
+        order = np.argsort(np.r_[keep, rejected[fb_kept]], kind="stable")
+        return concat_blocks([block.select(keep), fb_block]).select(order)
+
+    def _fallback(self, lines: list[bytes]) -> tuple[Block, np.ndarray]:
+        """Re-read rows the fast parser did not accept with the orjson path; count the truly bad ones.
+
+        Returns the block of good rows and their positions in lines.
+        """
+        text = [ln.decode("utf-8", "replace") for ln in lines]
+        if self.fmt == "ndjson":
+            rows = [ndjson_row(t) for t in text]
+        else:
+            cols = csv_columns(next(csv.reader([self.header])), TEST_COLUMNS)
+            rows = [kaggle_row(cols, r) if r else Row(error="bad CSV row") for r in csv.reader(text)]
+        return rows_to_block(rows, self.kind, self.skipped)
+
+
+def rows_to_block(rows: list[Row], kind: str, skipped: Counter) -> tuple[Block, np.ndarray]:
+    """The orjson path: validate Row objects one by one and pack the good ones into a Block (label 0).
+
+    Returns the block and the positions in rows of the drawings it holds.
+    """
+    want = 3 if kind == "raw" else 2
+    cols, slens, nstrokes, meta, pos = [[], [], []], [], [], [], []
+    for i, row in enumerate(rows):
         if row.error:
             skipped[row.error] += 1
             continue
         try:
-            label = label_of(row)
-        except KeyError:
-            skipped["unknown class"] += 1
+            d = loads_drawing(row.drawing) if isinstance(row.drawing, (str, bytes)) else row.drawing
+            if check_drawing(d) != want:
+                skipped["simplified drawing in a raw store" if want == 3 else "raw drawing in a simplified store"] += 1
+                continue
+            arrays = to_arrays(d)
+        except DrawingError as exc:
+            skipped[str(exc)] += 1
             continue
-        name = "val" if prefix_val and is_validation(row.key_id, val_every) else "train"
-        if split[name].add(row, label) and len(split[name]) >= block_size:
-            flush(name)
-    flush("train")
-    flush("val")
-    return {"read": read, "train": written["train"], "val": written["val"],
-            "skipped": {k: v for k, v in skipped.items() if v}}
+        for a in arrays:
+            for j in range(want):
+                cols[j].append(a[:, j])
+            slens.append(len(a))
+        nstrokes.append(len(arrays))
+        pos.append(i)
+        meta.append((row.key_id, row.country.encode("ascii", "replace")[:2], row.recognized))
+    flat = [np.concatenate(c) if c else np.zeros(0) for c in cols]
+    slens_a = np.asarray(slens, np.int64)
+    ns = np.asarray(nstrokes, np.int64)
+    pts = points_per_drawing(slens_a, ns)
+    xy, t, good = normalise(flat[0], flat[1], flat[2] if want == 3 else None, pts, kind, skipped)
+    key, country, rec = zip(*meta) if meta else ((), (), ())
+    block = make_block(xy, t, slens_a, ns, np.zeros(len(ns), np.int16), np.asarray(key, np.int64),
+                       np.asarray(country, "S2"), np.asarray(rec, np.int8))
+    return block.select(np.flatnonzero(good)), np.asarray(pos, np.int64)[good]
 
 
-def pack_class(path: Path, reader, kind: str, label: int, class_dir: Path, block_size: int, val_every: int,
+class _Writer:
+    """Collects drawings of one split and writes ``<prefix>_<b:04d>.qdb`` whenever block_size are held."""
+
+    def __init__(self, out_dir: Path, prefix: str, block_size: int):
+        self.out_dir, self.prefix, self.block_size = out_dir, prefix, block_size
+        self.pending: list[Block] = []
+        self.held = 0
+        self.sizes: list[int] = []
+
+    def add(self, block: Block) -> None:
+        if len(block):
+            self.pending.append(block)
+            self.held += len(block)
+        while self.held >= self.block_size:
+            self._write(self.block_size)
+
+    def close(self) -> list[int]:
+        if self.held:
+            self._write(self.held)
+        return self.sizes
+
+    def _write(self, n: int) -> None:
+        allb = self.pending[0] if len(self.pending) == 1 else concat_blocks(self.pending)
+        write_block(self.out_dir / f"{self.prefix}_{len(self.sizes):04d}.qdb", allb.slice(0, n))
+        self.sizes.append(n)
+        rest = allb.slice(n, len(allb))
+        self.pending, self.held = ([rest] if len(rest) else []), len(rest)
+
+
+def pack_file(path: Path, fmt: str, kind: str, label_of: Callable[[Block], np.ndarray], out_dir: Path,
+              block_size: int, val_every: int | None, train_prefix: str = "train", limit: int | None = None) -> dict:
+    """Pack one file into blocks in out_dir; return counts (rows read, drawings per block, skipped per reason).
+
+    fmt: "ndjson" | "kaggle_train" | "kaggle_test". label_of maps a chunk Block to labels (int16, -1 unlabelled);
+    drawings it labels -2 are dropped as "unknown class". val_every=None sends every drawing to train_prefix (test).
+    """
+    skipped: Counter = Counter()
+    parser = _Parser(path, fmt, kind, skipped)
+    train = _Writer(out_dir, train_prefix, block_size)
+    val = _Writer(out_dir, "val", block_size)
+    for chunk in parser.chunks(limit):
+        chunk.label[:] = label_of(chunk)
+        known = chunk.label != -2
+        skipped["unknown class"] += int((~known).sum())
+        is_val = is_validation(chunk.key_id, val_every) if val_every else np.zeros(len(chunk), bool)
+        for writer, mask in ((train, known & ~is_val), (val, known & is_val)):
+            writer.add(chunk if mask.all() else chunk.select(np.flatnonzero(mask)))
+    return {"read": parser.rows_read, "train": train.close(), "val": val.close(),
+            "skipped": {k: v for k, v in sorted(skipped.items()) if v}}
+
+
+def pack_class(path: Path, fmt: str, kind: str, label: int, class_dir: Path, block_size: int, val_every: int,
                limit: int | None = None) -> dict:
-    """Pack one per-class file into class_dir atomically: build in a temporary sibling folder, then rename it."""
+    """Pack one per-class file into class_dir atomically: build in a temporary sibling folder, then rename it.
+
+    A class folder with stats.json is finished: a rerun returns its counts without reading the input again.
+    """
     if (class_dir / "stats.json").is_file():
         return json.loads((class_dir / "stats.json").read_text()) | {"reused": True}
     tmp = class_dir.with_name(f".{class_dir.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    stats = pack_rows(reader(path), kind, lambda row: label, tmp, block_size, val_every, limit=limit)
+    stats = pack_file(path, fmt, kind, lambda b: np.full(len(b), label, np.int16), tmp, block_size, val_every,
+                      limit=limit)
     stats["source"] = str(path)
     (tmp / "stats.json").write_text(json.dumps(stats))
-    shutil.rmtree(class_dir, ignore_errors=True)  # a folder without stats.json is from an older crash
+    shutil.rmtree(class_dir, ignore_errors=True)  # a folder without stats.json is left from an older crash
     os.replace(tmp, class_dir)
     return stats

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
-from .pack import pack_class, pack_rows
-from .readers import Layout, detect_layout, read_kaggle_test, read_solution
+from .pack import pack_class, pack_file
+from .readers import Layout, detect_layout, read_solution
 from .store import FORMAT_VERSION
 from .strokes import DrawingError, check_drawing, loads_drawing
 
@@ -67,11 +68,16 @@ def _pack_test(args, out: Path, kind: str, classes: list[str], test: Path) -> di
     sol_path = test.with_name(test.stem + "_solution.csv")
     solution = read_solution(sol_path) if sol_path.is_file() else {}
     index = {c.replace(" ", "_"): i for i, c in enumerate(classes)}
-    label_of = (lambda row: index[solution[row.key_id]]) if solution else (lambda row: -1)
+
+    def label_of(block):
+        if not solution:
+            return np.full(len(block), -1, np.int16)
+        # -2: a key_id missing from the solution or a word not among the classes (counted as "unknown class")
+        return np.array([index.get(solution.get(int(k), ""), -2) for k in block.key_id], np.int16)
+
     tmp = out / f".test.tmp{os.getpid()}"
     tmp.mkdir(parents=True, exist_ok=True)
-    stats = pack_rows(read_kaggle_test(test), kind, label_of, tmp, args.block_size, args.val_every,
-                      prefix_train="block", prefix_val=None)
+    stats = pack_file(test, "kaggle_test", kind, label_of, tmp, args.block_size, None, train_prefix="block")
     stats.update(source=str(test), labelled=bool(solution))
     (tmp / "stats.json").write_text(json.dumps(stats))
     if (out / "test").exists():
@@ -126,7 +132,7 @@ def prepare(args: PrepareOptions, source: Path) -> dict:
 
 def _pack_one(item: tuple[int, str], layout: Layout, kind: str, out: Path, args) -> dict:
     idx, name = item
-    return pack_class(layout.files[name], layout.read, kind, idx, out / "classes" / f"{idx:03d}",
+    return pack_class(layout.files[name], layout.name, kind, idx, out / "classes" / f"{idx:03d}",
                       args.block_size, args.val_every, limit=args.max_per_class)
 
 

@@ -37,18 +37,47 @@ def _lines(path: Path) -> Iterator[str]:
         yield from f
 
 
+def ndjson_row(line: str) -> Row:
+    """One Google ndjson line → Row (error set when it is not a drawing record)."""
+    try:
+        obj = orjson.loads(line)
+        rec = obj.get("recognized")
+        return Row(int(obj["key_id"]), obj["drawing"], obj.get("word"), str(obj.get("countrycode") or ""),
+                   -1 if rec is None else int(bool(rec)))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return Row(error="bad JSON line")
+
+
 def read_ndjson(path: Path) -> Iterator[Row]:
-    """Google ndjson (simplified or raw), one object a line."""
+    """Google ndjson (simplified or raw), one object a line; blank lines are skipped."""
     for line in _lines(path):
-        if not line.strip():
-            continue
-        try:
-            obj = orjson.loads(line)
-            rec = obj.get("recognized")
-            yield Row(int(obj["key_id"]), obj["drawing"], obj.get("word"), str(obj.get("countrycode") or ""),
-                      -1 if rec is None else int(bool(rec)))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-            yield Row(error="bad JSON line")
+        if line.strip():
+            yield ndjson_row(line)
+
+
+def csv_columns(header: list[str], required: tuple[str, ...], where: object = "CSV") -> dict[str, int]:
+    """Column name → index; ValueError naming what is missing."""
+    cols = {name: i for i, name in enumerate(header)}
+    missing = [c for c in required if c not in cols]
+    if missing:
+        raise ValueError(f"{where}: CSV header lacks {', '.join(missing)} (found {', '.join(header)})")
+    return cols
+
+
+TRAIN_COLUMNS = ("countrycode", "drawing", "key_id", "recognized", "word")
+TEST_COLUMNS = ("key_id", "countrycode", "drawing")
+
+
+def kaggle_row(cols: dict[str, int], r: list[str]) -> Row:
+    """One Kaggle CSV row (train: countrycode,drawing,key_id,recognized,timestamp,word; test: key_id,countrycode,
+    drawing) → Row."""
+    try:
+        rec = cols.get("recognized")
+        word = cols.get("word")
+        return Row(int(r[cols["key_id"]]), r[cols["drawing"]], None if word is None else r[word],
+                   r[cols["countrycode"]], -1 if rec is None else int(r[rec] == "True"))
+    except (IndexError, ValueError):
+        return Row(error="bad CSV row")
 
 
 def _csv_rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[dict[str, int], list[str]]]:
@@ -56,31 +85,21 @@ def _csv_rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[dict[str,
     header = next(reader, None)
     if header is None:
         return
-    cols = {name: i for i, name in enumerate(header)}
-    missing = [c for c in required if c not in cols]
-    if missing:
-        raise ValueError(f"{path}: CSV header lacks {', '.join(missing)} (found {', '.join(header)})")
+    cols = csv_columns(header, required, path)
     for row in reader:
         yield cols, row
 
 
 def read_kaggle_train(path: Path) -> Iterator[Row]:
     """Kaggle train CSV: countrycode,drawing,key_id,recognized,timestamp,word."""
-    for cols, r in _csv_rows(path, ("countrycode", "drawing", "key_id", "recognized", "word")):
-        try:
-            yield Row(int(r[cols["key_id"]]), r[cols["drawing"]], r[cols["word"]], r[cols["countrycode"]],
-                      int(r[cols["recognized"]] == "True"))
-        except (IndexError, ValueError):
-            yield Row(error="bad CSV row")
+    for cols, r in _csv_rows(path, TRAIN_COLUMNS):
+        yield kaggle_row(cols, r)
 
 
 def read_kaggle_test(path: Path) -> Iterator[Row]:
     """Kaggle test CSV: key_id,countrycode,drawing (no labels)."""
-    for cols, r in _csv_rows(path, ("key_id", "countrycode", "drawing")):
-        try:
-            yield Row(int(r[cols["key_id"]]), r[cols["drawing"]], None, r[cols["countrycode"]], -1)
-        except (IndexError, ValueError):
-            yield Row(error="bad CSV row")
+    for cols, r in _csv_rows(path, TEST_COLUMNS):
+        yield kaggle_row(cols, r)
 
 
 def read_solution(path: Path) -> dict[int, str]:

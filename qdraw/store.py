@@ -77,32 +77,47 @@ class Block:
         """First and one-past-last point index of drawing i."""
         return int(self.strokes[self.drawings[i]]), int(self.strokes[self.drawings[i + 1]])
 
+    def slice(self, start: int, stop: int) -> "Block":
+        """Drawings start..stop-1 as a block of views and rebased offsets (no gather; cheap for a contiguous run)."""
+        s0, s1 = self.drawings[start], self.drawings[stop]
+        p0, p1 = self.strokes[s0], self.strokes[s1]
+        return Block(self.xy[p0:p1], None if self.t is None else self.t[p0:p1], self.strokes[s0:s1 + 1] - p0,
+                     self.drawings[start:stop + 1] - s0, self.label[start:stop], self.key_id[start:stop],
+                     self.country[start:stop], self.recognized[start:stop])
+
     def select(self, idx: np.ndarray) -> "Block":
-        """A new in-memory block holding drawings idx (in that order)."""
-        return concat_blocks([self], [np.asarray(idx, dtype=np.int64)])
+        """A new in-memory block holding drawings idx (in that order), gathered without a Python loop."""
+        idx = np.asarray(idx, dtype=np.int64)
+        s0 = self.drawings[idx]
+        ns = self.drawings[idx + 1] - s0
+        sidx = _ranges(s0, ns)
+        p0 = self.strokes[sidx]
+        slens = self.strokes[sidx + 1] - p0
+        pidx = _ranges(p0, slens)
+        return make_block(self.xy[pidx], None if self.t is None else self.t[pidx], slens, ns, self.label[idx],
+                          self.key_id[idx], self.country[idx], self.recognized[idx])
 
 
-def concat_blocks(blocks: list[Block], picks: list[np.ndarray] | None = None) -> Block:
-    """Concatenate blocks (optionally only the drawings ``picks[i]`` of block i) into one in-memory block."""
-    xy, t, lens, dlens, meta = [], [], [], [], {k: [] for k in ("label", "key_id", "country", "recognized")}
-    for bi, b in enumerate(blocks):
-        idx = np.arange(len(b)) if picks is None else picks[bi]
-        for i in idx:
-            s0, s1 = b.drawings[i], b.drawings[i + 1]
-            p0, p1 = b.strokes[s0], b.strokes[s1]
-            xy.append(b.xy[p0:p1])
-            if b.t is not None:
-                t.append(b.t[p0:p1])
-            lens.append(np.diff(b.strokes[s0:s1 + 1]))
-            dlens.append(s1 - s0)
-        for k in meta:
-            meta[k].append(getattr(b, k)[idx])
-    has_t = bool(blocks) and blocks[0].t is not None
-    return make_block(
-        np.concatenate(xy) if xy else np.zeros((0, 2), np.uint8),
-        (np.concatenate(t) if t else np.zeros(0, np.int32)) if has_t else None,
-        np.concatenate(lens) if lens else np.zeros(0, np.int64), np.asarray(dlens, np.int64),
-        *(np.concatenate(meta[k]) for k in meta))
+def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(s, s + n) for each (s, n): the gather index of variable-length runs."""
+    total = int(lens.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    shift = np.repeat(starts - np.cumsum(lens) + lens, lens)
+    return shift + np.arange(total, dtype=np.int64)
+
+
+def concat_blocks(blocks: list[Block]) -> Block:
+    """Concatenate blocks (all of the same kind) into one in-memory block."""
+    if not blocks:
+        raise ValueError("concat_blocks needs at least one block")
+    has_t = blocks[0].t is not None
+    return make_block(np.concatenate([b.xy for b in blocks]),
+                      np.concatenate([b.t for b in blocks]) if has_t else None,
+                      np.concatenate([np.diff(b.strokes) for b in blocks]),
+                      np.concatenate([np.diff(b.drawings) for b in blocks]),
+                      *(np.concatenate([getattr(b, k) for b in blocks]) for k in ("label", "key_id", "country",
+                                                                                   "recognized")))
 
 
 def make_block(xy: np.ndarray, t: np.ndarray | None, stroke_lens: np.ndarray, drawing_lens: np.ndarray,
