@@ -1,0 +1,41 @@
+"""Benchmarks that print figures measured side by side in one run (never asserted in tests).
+
+    python bench.py prepare --input ../shared/data/quickdraw/kaggle/train_simplified
+    python bench.py raster --encoding rgb --size 128 --data data/kaggle_simplified
+    python bench.py models --size 128
+    python bench.py train --model resnet34 --size 128
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+# subcommand -> module exposing add_args(parser) and run(args); imported only when chosen, so `bench.py prepare`
+# never pays for torch.
+COMMANDS = {
+    "prepare": "qdraw.bench_prepare",
+    "raster": "qdraw.bench_raster",
+    "models": "qdraw.bench_models",
+    "train": "qdraw.bench_train",
+}
+
+
+def get_args_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, module in COMMANDS.items():
+        p = sub.add_parser(name, help=f"see {module}")
+        if argv is None or name in argv:
+            importlib.import_module(module).add_args(p)
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
+    importlib.import_module(COMMANDS[args.command]).run(args)
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(get_args_parser(sys.argv[1:]).parse_args())
