@@ -62,9 +62,10 @@ def normalise(x: np.ndarray, y: np.ndarray, t: np.ndarray | None, pts: np.ndarra
     x0, y0 = _per_drawing(np.minimum, x, starts, nonempty), _per_drawing(np.minimum, y, starts, nonempty)
     span = np.maximum(_per_drawing(np.maximum, x, starts, nonempty) - x0,
                       _per_drawing(np.maximum, y, starts, nonempty) - y0)
-    scale = np.repeat(255.0 / np.where(span > 0, span, 1.0), pts)
-    xs = np.clip(np.round((x - np.repeat(x0, pts)) * scale), 0, 255)
-    ys = np.clip(np.round((y - np.repeat(y0, pts)) * scale), 0, 255)
+    span = np.repeat(np.where(span > 0, span, 1.0), pts)
+    # multiply before dividing: 100 * 255 / 200 is exactly 127.5, 100 * (255 / 200) is not
+    xs = np.clip(np.round((x - np.repeat(x0, pts)) * 255.0 / span), 0, 255)
+    ys = np.clip(np.round((y - np.repeat(y0, pts)) * 255.0 / span), 0, 255)
     t = np.where(np.isfinite(t), t, 0.0)
     t = t - np.repeat(_per_drawing(np.minimum, t, starts, nonempty), pts)
     # ms since the first point; clamp absurd values instead of wrapping int32
