@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from . import fastparse
-from .readers import TEST_COLUMNS, TRAIN_COLUMNS, Row, csv_columns, kaggle_row, ndjson_row
+from .readers import TEST_COLUMNS, TRAIN_COLUMNS, Row, csv_columns, kaggle_row, ndjson_row, split_csv_line
 from .store import Block, concat_blocks, make_block, write_block
 from .strokes import DrawingError, check_drawing, loads_drawing, to_arrays
 
@@ -37,16 +37,18 @@ def is_validation(key_ids: np.ndarray, val_every: int) -> np.ndarray:
     return z % np.uint64(val_every) == 0
 
 
-def normalise(x: np.ndarray, y: np.ndarray, t: np.ndarray | None, pts: np.ndarray, kind: str,
-              skipped: Counter) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+def normalise(x: np.ndarray, y: np.ndarray, t: np.ndarray | None, pts: np.ndarray, kind: str, skipped: Counter,
+              rows_ok: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Check values and map drawings into the store's frame; return (xy uint8, t int32 | None, ok per drawing).
 
-    pts: points per drawing. Simplified drawings must already be integers in 0..255 (anything else is corrupt, not
+    pts: points per drawing; rows_ok: drawings already rejected for another reason (not counted again). Simplified drawings must already be integers in 0..255 (anything else is corrupt, not
     rescaled); raw drawings get Google's first two simplification steps: align to the top-left, scale uniformly to
     a max of 255. Non-finite or huge (|v| >= 1e9) values reject their drawing.
     """
-    starts = np.r_[0, np.cumsum(pts)[:-1]].astype(np.int64)
+    starts = (np.cumsum(pts) - pts).astype(np.int64)
     nonempty = pts > 0
+    if rows_ok is not None:
+        nonempty &= rows_ok
     good = np.isfinite(x) & np.isfinite(y) & (np.abs(x) < 1e9) & (np.abs(y) < 1e9)
     if t is not None:
         good &= np.isfinite(t) & (np.abs(t) < 1e12)
@@ -97,6 +99,7 @@ class _Parser:
         self.path, self.fmt, self.kind, self.skipped = Path(path), fmt, kind, skipped
         self.cols = np.full(5, -1, np.int64)
         self.header = None
+        self.rows_read = 0
 
     def _csv_header(self, line: bytes) -> None:
         self.header = line.decode("utf-8", "replace").rstrip("\r\n")
@@ -106,7 +109,6 @@ class _Parser:
 
     def chunks(self, limit: int | None) -> Iterator[Block]:
         """Valid drawings of each chunk of the file (at most limit rows read), label 0; counts every rejection."""
-        self.rows_read = 0
         rest = b""
         with open(self.path, "rb") as f:
             while limit is None or self.rows_read < limit:
@@ -132,7 +134,9 @@ class _Parser:
         buf = np.frombuffer(data, np.uint8)
         ends = np.flatnonzero(buf == 10)
         starts = np.r_[0, ends[:-1] + 1]
-        blank = ends - starts <= 1
+        blank = ends - starts <= 0
+        for i in np.flatnonzero(ends - starts <= 8):  # whitespace-only lines, like readers.py skips
+            blank[i] = not data[starts[i]:ends[i]].strip()
         if blank.any():  # blank lines are no rows at all (ndjson files often end with one)
             starts, ends = starts[~blank], ends[~blank]
         if limit is not None:
@@ -154,7 +158,8 @@ class _Parser:
             int(wrong.sum())
         pts_per_stroke = slen[:s]
         pts = points_per_drawing(pts_per_stroke, nstrokes)
-        xy, t, good = normalise(xs[:p], ys[:p], ts[:p] if want == 3 else None, pts, self.kind, self.skipped)
+        xy, t, good = normalise(xs[:p], ys[:p], ts[:p] if want == 3 else None, pts, self.kind, self.skipped,
+                                ok & ~wrong)
         countries = country.view("S2").ravel()
         block = make_block(xy, t, pts_per_stroke, nstrokes, np.zeros(n, np.int16), key, countries, rec)
         keep = np.flatnonzero(good & ok & ~wrong)
@@ -176,7 +181,7 @@ class _Parser:
             rows = [ndjson_row(t) for t in text]
         else:
             cols = csv_columns(next(csv.reader([self.header])), TEST_COLUMNS)
-            rows = [kaggle_row(cols, r) if r else Row(error="bad CSV row") for r in csv.reader(text)]
+            rows = [kaggle_row(cols, split_csv_line(t)) for t in text]
         return rows_to_block(rows, self.kind, self.skipped)
 
 

@@ -68,9 +68,11 @@ TRAIN_COLUMNS = ("countrycode", "drawing", "key_id", "recognized", "word")
 TEST_COLUMNS = ("key_id", "countrycode", "drawing")
 
 
-def kaggle_row(cols: dict[str, int], r: list[str]) -> Row:
+def kaggle_row(cols: dict[str, int], r: list[str] | None) -> Row:
     """One Kaggle CSV row (train: countrycode,drawing,key_id,recognized,timestamp,word; test: key_id,countrycode,
     drawing) → Row."""
+    if r is None:
+        return Row(error="bad CSV row")
     try:
         rec = cols.get("recognized")
         word = cols.get("word")
@@ -80,14 +82,24 @@ def kaggle_row(cols: dict[str, int], r: list[str]) -> Row:
         return Row(error="bad CSV row")
 
 
-def _csv_rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[dict[str, int], list[str]]]:
-    reader = csv.reader(_lines(path))
-    header = next(reader, None)
+def _csv_rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[dict[str, int], list[str] | None]]:
+    """(columns, fields) per non-blank line; fields None for a line the csv module cannot split."""
+    lines = _lines(path)
+    header = next(lines, None)
     if header is None:
         return
-    cols = csv_columns(header, required, path)
-    for row in reader:
-        yield cols, row
+    cols = csv_columns(next(csv.reader([header])), required, path)
+    for line in lines:
+        if line.strip():
+            yield cols, split_csv_line(line)
+
+
+def split_csv_line(line: str) -> list[str] | None:
+    """One CSV line's fields, or None when it is not valid CSV (a stray quote or carriage return, say)."""
+    try:
+        return next(csv.reader([line]), None)
+    except csv.Error:
+        return None
 
 
 def read_kaggle_train(path: Path) -> Iterator[Row]:
