@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .pack import pack_class, pack_file
-from .readers import Layout, detect_layout, read_solution
+from .readers import Layout, detect_layout, read_kaggle_test, read_solution
 from .store import FORMAT_VERSION
 from .strokes import DrawingError, check_drawing, loads_drawing
 
@@ -162,3 +162,53 @@ def prepare_input(input: str, args: PrepareOptions) -> dict:
             write_ndjson(Path(src), args.synthetic_per_class, seed=args.seed)
             return prepare(args, Path(src))
     return prepare(args, Path(input))
+
+
+def pack_eval_input(source: Path, out: Path, classes: list[str], block_size: int = 10000) -> dict:
+    """Pack drawings to predict into a test-only store at out, labelled by the given class list where possible.
+
+    source: a Kaggle test CSV (labelled from ``<stem>_solution.csv`` beside it when present) or a folder of
+    ``<word>.ndjson`` / Kaggle train CSVs (labelled by file name; names outside classes stay unlabelled, -1).
+    Returns the counts; writes meta.json with the given classes so qdraw.store.Store opens it.
+    """
+    source = Path(source)
+    out.mkdir(parents=True, exist_ok=True)
+    if source.is_file():
+        if source.suffix not in (".csv", ".gz") or "drawing" not in source.open(errors="replace").readline():
+            raise ValueError(f"{source}: not a Kaggle test CSV (key_id,countrycode,drawing)")
+        head = next(read_kaggle_test(source), None)
+        kind = _kind_of(head)
+        stats = _pack_test(PrepareOptions(output=str(out), block_size=block_size), out, kind, classes, source)
+    else:
+        layout = detect_layout(source)
+        kind = sniff_kind(layout)
+        index = {c: i for i, c in enumerate(classes)}
+        tmp = out / f".test.tmp{os.getpid()}"
+        tmp.mkdir(parents=True, exist_ok=True)
+        stats = {"read": 0, "train": [], "skipped": Counter()}
+        for n, (name, path) in enumerate(sorted(layout.files.items())):
+            part = tmp / f"{n:04d}"
+            part.mkdir()
+            label = index.get(name, -1)
+            st = pack_file(path, layout.name, kind, lambda b: np.full(len(b), label, np.int16), part, block_size, None)
+            for i, blk in enumerate(sorted(part.glob("train_*.qdb"))):
+                os.replace(blk, tmp / f"block_{n:04d}{i:04d}.qdb")
+            part.rmdir()
+            stats["read"] += st["read"]
+            stats["train"] += st["train"]
+            stats["skipped"].update(st["skipped"])
+        stats["labelled"] = any(c in index for c in layout.files)
+        os.replace(tmp, out / "test")
+    meta = {"version": FORMAT_VERSION, "kind": kind, "classes": classes, "block_size": block_size, "val_every": 0,
+            "layout": "eval", "source": str(source), "train_block_sizes": {}, "val_sizes": {}, "test": stats}
+    (out / "meta.json").write_text(json.dumps(meta))
+    return stats | {"kind": kind}
+
+
+def _kind_of(row) -> str:
+    if row is None or row.error:
+        raise ValueError("the first row of the test CSV is unreadable")
+    try:
+        return "raw" if check_drawing(loads_drawing(row.drawing)) == 3 else "simplified"
+    except DrawingError as exc:
+        raise ValueError(f"the first row of the test CSV is unreadable ({exc})") from None

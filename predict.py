@@ -1,0 +1,90 @@
+"""Predict with one trained model: a prediction CSV (key_id + one probability column per class name), a Kaggle
+submission (top-3 words), and MAP@3 / top-1 / top-3 when the input has labels.
+
+The model is rebuilt from the checkpoint alone. Input: a Kaggle test CSV (simplified or raw, matching the
+checkpoint's encoding), a prepared store (its test split, or --split val), or a folder of <word>.ndjson files.
+
+    python predict.py --checkpoint runs/demo/best.pth --input data/synthetic --split val --output preds_val.csv
+    python predict.py --checkpoint runs/r34/best.pth --input ../shared/data/quickdraw/kaggle/test_simplified.csv \\
+        --output preds.csv.gz --submission sub.csv --tta --balance
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import ExitStack
+
+import torch
+
+from qdraw.checkpoint import CheckpointError, check_compatible
+from qdraw.dataset import SplitDataset
+from qdraw.inference import check_encoding, load_model, open_input, predict_probs
+from qdraw.metrics import ranking_metrics
+from qdraw.predictions import balance, write_labels, write_predictions, write_submission
+from qdraw.store import StoreError
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 2)[2])
+    p.add_argument("--checkpoint", required=True, help="best.pth or last.pth written by train.py")
+    p.add_argument("--input", required=True, help="Kaggle test CSV, prepared store folder, or folder of .ndjson")
+    p.add_argument("--split", choices=["val", "test"], default=None,
+                   help="split of a prepared store (default: test when it has one, else val)")
+    p.add_argument("--output", default=None, help="prediction CSV to write (.csv or .csv.gz)")
+    p.add_argument("--submission", default=None, help="Kaggle submission CSV to write (key_id,word)")
+    p.add_argument("--labels-output", default=None, help="write the input's labels as key_id,word (for stack.py)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False,
+                   help="average with the horizontally flipped drawings (default off)")
+    p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=False,
+                   help="rescale probabilities so predicted class counts are even, for class-balanced test sets "
+                   "(qdraw.predictions.balance; default off)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
+    p.add_argument("--workers", type=int, default=2, help="loader processes (default 2)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off", help="autocast on CUDA (default off)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(args: argparse.Namespace) -> None:
+    if not (args.output or args.submission or args.labels_output):
+        print("note: no --output or --submission given; only metrics are printed", file=sys.stderr)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    amp = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp] if device.type == "cuda" else None
+    try:
+        model, ckpt = load_model(args.checkpoint, device)
+        classes = list(ckpt["classes"])
+        with ExitStack() as stack:
+            store, split = open_input(args.input, classes, args.split, stack)
+            check_compatible(ckpt, classes=store.classes)
+            check_encoding(ckpt, store, args.input)
+            ds = SplitDataset(store, split, ckpt["encoding"], image_size=ckpt["image_size"],
+                              line_width=ckpt["config"].get("line_width"))
+            probs = predict_probs(model, ds, device, args.batch_size, args.workers, tta=args.tta, amp_dtype=amp,
+                                  progress=not args.quiet)
+    except (CheckpointError, StoreError, ValueError, OSError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(f"{len(ds)} drawings, {predict_probs.rate:.0f} drawings/s on {device}" + (" (x2 with TTA)" if args.tta else ""))
+    if args.balance:
+        probs = balance(probs)
+    labelled = ds.labels >= 0
+    if labelled.any():
+        m = ranking_metrics(probs[labelled], ds.labels[labelled])
+        print(f"MAP@3 {m['map3']:.4f}  top-1 {m['top1']:.4f}  top-3 {m['top3']:.4f}  ({int(labelled.sum())} labelled)")
+    if args.output:
+        write_predictions(args.output, ds.key_ids, probs, classes)
+        print(f"predictions written to {args.output}")
+    if args.submission:
+        write_submission(args.submission, ds.key_ids, probs, classes)
+        print(f"submission written to {args.submission}")
+    if args.labels_output:
+        if not labelled.all():
+            raise SystemExit(f"error: {args.input} is not fully labelled; no labels file written")
+        write_labels(args.labels_output, ds.key_ids, ds.labels, classes)
+        print(f"labels written to {args.labels_output}")
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

@@ -1,0 +1,85 @@
+"""Prediction from a checkpoint alone: rebuild the model, open the input as a store, run it (optionally with TTA).
+
+The model is rebuilt from ``ckpt["arch"]`` and ``ckpt["model_args"]`` and put in eval mode (the ancestor predicted in
+train mode, with BatchNorm's batch statistics); nothing from the training YAML is needed.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .checkpoint import load_checkpoint
+from .dataset import SplitDataset, create_loader, get_encoding, to_model_input
+from .prepare import pack_eval_input
+from .store import Store
+
+
+def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """The checkpoint's model in eval mode on device, and the checkpoint dict (weights_only=True load)."""
+    import models  # top-level registry; imported here so qdraw stays importable without the model zoo
+
+    ckpt = load_checkpoint(path)
+    model = models.create_model(ckpt["arch"], **ckpt["model_args"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), ckpt
+
+
+def open_input(source: str | Path, classes: list[str], split: str | None, stack: ExitStack) -> tuple[Store, str]:
+    """A Store and split for source: a prepared store (split val|test), a Kaggle test CSV or an ndjson folder.
+
+    Files are packed into a temporary store that lives as long as stack.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise ValueError(f"{source}: no such file or folder")
+    if (source / "meta.json").is_file():
+        store = Store(source)
+        if split is None:
+            split = "test" if store.test_blocks() else "val"
+        return store, split
+    if split not in (None, "test"):
+        raise ValueError(f"--split {split} needs a prepared store; {source} is a file or a folder of drawings")
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="predict-")))
+    pack_eval_input(source, tmp / "store", classes)
+    return Store(tmp / "store"), "test"
+
+
+@torch.no_grad()
+def predict_probs(model: torch.nn.Module, ds: SplitDataset, device: torch.device, batch_size: int, workers: int,
+                  tta: bool = False, amp_dtype: torch.dtype | None = None, progress: bool = True) -> np.ndarray:
+    """Softmax probabilities float32 (N, C) in dataset order; with tta, the mean with the mirrored drawings."""
+    views = [False, True] if tta else [False]
+    total = np.zeros((len(ds), model_num_classes(model)), np.float64)
+    for flip in views:
+        ds.flip = flip
+        loader = create_loader(ds, batch_size, is_training=False, num_workers=workers)
+        out, t0 = [], time.perf_counter()
+        for x, _ in tqdm(loader, desc="predict" + (" (flipped)" if flip else ""), disable=not progress,
+                         unit="batch"):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(to_model_input(x, device))
+            out.append(torch.softmax(logits.float(), 1).cpu().numpy())
+        total += np.concatenate(out) if out else 0.0
+        predict_probs.rate = len(ds) / max(time.perf_counter() - t0, 1e-9)
+    ds.flip = False
+    return (total / len(views)).astype(np.float32)
+
+
+def model_num_classes(model: torch.nn.Module) -> int:
+    """Output width of a classifier, found by its last Linear or 1x1 Conv layer."""
+    last = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1]
+    return last.out_features if isinstance(last, torch.nn.Linear) else last.out_channels
+
+
+def check_encoding(ckpt: dict, store: Store, source: object) -> None:
+    """A time encoding needs raw strokes; say so in one line instead of failing inside the loader."""
+    enc = get_encoding(ckpt["encoding"])
+    if enc.needs_time and not store.has_time:
+        raise ValueError(f"the checkpoint uses the '{enc.name}' encoding, which needs raw strokes with timing, but "
+                         f"{source} holds simplified drawings (use test_raw.csv or a raw store)")
