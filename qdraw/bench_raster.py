@@ -1,0 +1,139 @@
+"""`bench.py raster`: rasterising speed from a prepared store, against a per-segment PIL baseline, and DataLoader
+throughput, in one run so the figures are comparable.
+
+Single-thread figures (numba kernels are serial; torch and cv2 are set to one thread): the compiled path (gather +
+encode + draw of 256-drawing batches in random store order, into fresh zeroed arrays) and the original solution's
+way (PIL ``ImageDraw.line`` per segment and ``ellipse`` per dot, same colours and geometry), then images/s through
+:func:`qdraw.dataset.create_loader` with 0 and 2 workers. Figures are printed, never asserted.
+
+    python bench.py raster --encoding rgb --size 128 --data data/kaggle_simplified
+    python bench.py raster --encoding time --size 128 --data data/raw --workers 0
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from .dataset import BalancedBlockDataset, create_loader, default_samples_per_class
+from .raster import Encoding, Sources, check_geometry, check_time, draw, get_encoding
+from .store import Store, read_block
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="prepared store folder (prepare_data.py)")
+    p.add_argument("--encoding", default="rgb", help="encoding name (default rgb)")
+    p.add_argument("--size", type=int, default=128, help="image size in px (default 128)")
+    p.add_argument("--line-width", type=int, default=None, help="line width in px (default round(3 * size / 128))")
+    p.add_argument("--batch-size", type=int, default=256, help="drawings per batch (default 256)")
+    p.add_argument("--drawings", type=int, default=20000,
+                   help="drawings to rasterise, at most the store's (default 20000)")
+    p.add_argument("--baseline-drawings", type=int, default=1000, help="drawings for the PIL baseline (default 1000)")
+    p.add_argument("--loader-images", type=int, default=20000, help="images per DataLoader measurement (default 20000)")
+    p.add_argument("--workers", default="0,2", help="comma list of DataLoader worker counts ('' to skip; default 0,2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the drawing order (default 0)")
+
+
+def pil_draw(xy: np.ndarray, strokes: np.ndarray, drawings: np.ndarray, colors: np.ndarray, size: int,
+             line_width: int, margin: int) -> np.ndarray:
+    """The original solution's way: one PIL call per segment (colour of its first point), one ellipse per dot."""
+    from PIL import Image, ImageDraw
+
+    n_ch = colors.shape[1]
+    out = np.zeros((len(drawings) - 1, n_ch, size, size), np.uint8)
+    ext = max(size - 1 - 2 * margin, 0)
+    r = (line_width - 1) / 2
+    for b in range(len(drawings) - 1):
+        p0, p1 = strokes[drawings[b]], strokes[drawings[b + 1]]
+        pts = xy[p0:p1].astype(np.int64)
+        c = pts.min(0) + pts.max(0)
+        pix = ((size - 1) * 255 + (2 * pts - c) * ext + 255) // 510
+        img = Image.new("RGB" if n_ch == 3 else "L", (size, size))
+        pen = ImageDraw.Draw(img)
+        for s in range(drawings[b], drawings[b + 1]):
+            a, e = strokes[s] - p0, strokes[s + 1] - p0
+            seg = pix[a:e].tolist()
+            col = [tuple(v) if n_ch == 3 else int(v[0]) for v in colors[p0 + a:p0 + e].tolist()]
+            if e - a == 1:
+                x, y = seg[0]
+                pen.ellipse([x - r, y - r, x + r, y + r], fill=col[0])
+            for k in range(e - a - 1):
+                pen.line([tuple(seg[k]), tuple(seg[k + 1])], fill=col[k], width=line_width)
+        arr = np.asarray(img)
+        out[b] = arr.transpose(2, 0, 1) if n_ch == 3 else arr[None]
+    return out
+
+
+def _order(sources: Sources, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n (source, drawing) pairs in a random order over all the store's training drawings (mixed blocks per batch)."""
+    src = np.repeat(np.arange(len(sources.sizes)), sources.sizes)
+    idx = np.concatenate([np.arange(k) for k in sources.sizes])
+    perm = np.random.default_rng(seed).permutation(len(src))[:n]
+    return src[perm], idx[perm]
+
+
+def _time_path(sources: Sources, src: np.ndarray, idx: np.ndarray, enc: Encoding, size: int, lw: int, margin: int,
+               batch: int, baseline: bool) -> float:
+    """CPU seconds of this process to gather, encode and draw the drawings in batches (compiled kernels, or PIL
+    when baseline); CPU time, not wall time, so that other load on the machine does not count."""
+    start = time.process_time()
+    for i in range(0, len(src), batch):
+        xy, t, strokes, drawings = sources.gather(src[i:i + batch], idx[i:i + batch], with_time=enc.needs_time)
+        colors = enc.colors(xy, t, strokes, drawings)
+        if baseline:
+            pil_draw(xy, strokes, drawings, colors, size, lw, margin)
+        else:
+            draw(xy, strokes, drawings, colors, size, lw, margin)
+    return time.process_time() - start
+
+
+def _loader_rate(store: Store, args: argparse.Namespace, workers: int) -> float:
+    """Images/s through create_loader (training mode), after the first batch (worker start-up) is out of the way."""
+    sizes = store.block_sizes()
+    per_class = max(default_samples_per_class(list(sizes.values())), -(-args.loader_images // store.num_classes))
+    ds = BalancedBlockDataset(store, args.encoding, args.size, args.line_width, per_class, seed=args.seed)
+    loader = create_loader(ds, args.batch_size, True, workers, seed=args.seed, pin_memory=False)
+    loader.set_epoch(0)
+    it = iter(loader)
+    next(it)
+    start, n = time.perf_counter(), 0
+    for x, _ in it:
+        n += len(x)
+    rate = n / max(time.perf_counter() - start, 1e-9)
+    del it, loader
+    return rate
+
+
+def run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)
+    try:
+        import cv2
+        cv2.setNumThreads(1)
+    except ImportError:
+        pass
+    try:
+        store = Store(args.data)
+        enc = get_encoding(args.encoding)
+        check_time(enc, store.has_time, store.root)
+        lw, margin = check_geometry(args.size, args.line_width)
+        workers = [int(w) for w in args.workers.split(",") if w.strip()]
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    paths = [p for c in range(store.num_classes) for p in store.train_blocks(c)]
+    if not paths:
+        raise SystemExit(f"error: {args.data}: no training blocks")
+    sources = Sources([read_block(p) for p in paths])
+    src, idx = _order(sources, args.drawings, args.seed)
+    _time_path(sources, src[:8], idx[:8], enc, args.size, lw, margin, args.batch_size, False)  # JIT load
+    fast = len(src) / _time_path(sources, src, idx, enc, args.size, lw, margin, args.batch_size, False)
+    nb = min(args.baseline_drawings, len(src))
+    slow = nb / _time_path(sources, src[:nb], idx[:nb], enc, args.size, lw, margin, args.batch_size, True)
+    tag = f"{args.encoding}_{args.size}"
+    print(f"raster_{tag} {fast:.0f} drawings/s/core  ({len(src)} drawings, line width {lw}, batch {args.batch_size})")
+    print(f"pil_{tag} {slow:.0f} drawings/s/core  ({nb} drawings, PIL ImageDraw.line per segment)")
+    print(f"speedup_{tag} {fast / slow:.1f}x")
+    for w in workers:
+        rate = _loader_rate(store, args, w)
+        print(f"loader_{tag}_w{w} {rate:.0f} images/s  (create_loader, batch {args.batch_size}, {w} workers)")

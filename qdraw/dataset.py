@@ -1,0 +1,319 @@
+"""Datasets over a prepared store and the DataLoader factory: balanced epochs of whole blocks, batched rasterising.
+
+Training (:class:`BalancedBlockDataset`): every epoch takes, for each class, ONE training block (chosen at random with
+probability proportional to its size, so every drawing of a class has the same chance to be seen) and
+``samples_per_class`` drawings from it: a random subset when the block is large enough, otherwise the whole block
+repeated in fresh random orders until the count is reached (sampling a small block with replacement). The default
+``samples_per_class`` is the smallest, over classes, of each class's largest block: the block size for a full store,
+so a full block is never repeated; it does not depend on the epoch, so ``len()`` and DistributedSampler shards stay
+fixed. The choice is a pure function of (seed, epoch), so resuming at epoch k reproduces epoch k exactly, on any rank
+and in any worker. The horizontal-flip augmentation is a hash of (seed, epoch, index), so it does not depend on worker
+count or batch composition either.
+
+Evaluation (:class:`SplitDataset`): the fixed validation split (class by class, optionally the first N of each class)
+or the test split (labels -1 when unlabelled), in store order, optionally all flipped (test-time augmentation).
+
+Batches: ``__getitems__(indices)`` gathers and rasterises the whole batch in two compiled calls and returns
+``(uint8 (B, C, S, S), int64 (B,))``; :func:`create_loader` passes it through unchanged. Images stay uint8 through the
+DataLoader (4x less to copy between processes) and are normalised on the device by :func:`to_model_input`.
+
+    loader = create_loader(BalancedBlockDataset(Store("data/st"), "rgb"), 256, True, num_workers=4)
+    for epoch in range(start_epoch, epochs):
+        loader.set_epoch(epoch)  # sampler shuffle and block choice, seen by persistent workers too
+        for x, y in loader:
+            x = to_model_input(x, device)
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
+
+from .raster import Sources, check_geometry, check_time, get_encoding, list_encodings, rasterize, warm_up
+from .store import Block, Store, StoreError, read_block
+
+__all__ = ["BalancedBlockDataset", "SplitDataset", "EpochLoader", "build_dataset", "create_loader", "epoch_plan",
+           "flip_bits", "get_encoding", "list_encodings", "to_model_input"]
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser on uint64 arrays (wrapping arithmetic)."""
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def flip_bits(seed: int, epoch: int, index: np.ndarray) -> np.ndarray:
+    """A fair coin per item, a pure function of (seed, epoch, index): bool array like index."""
+    index = np.asarray(index, np.int64).astype(np.uint64)
+    key = _mix64(_mix64(np.full(index.shape, seed, np.uint64)) ^ np.uint64(epoch))
+    return (_mix64(key ^ index) >> np.uint64(63)).astype(bool)
+
+
+def default_samples_per_class(block_sizes: list[list[int]]) -> int:
+    """The smallest, over classes, of each class's largest training block (see the module docstring)."""
+    return min(max(sizes) for sizes in block_sizes)
+
+
+def epoch_plan(block_sizes: list[list[int]], samples_per_class: int, seed: int,
+               epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """The block chosen for each class and the drawings taken from it in that epoch.
+
+    Returns:
+        int64 (K,) block index per class, and int32 (K, samples_per_class) drawing indices within that block.
+    """
+    blocks = np.zeros(len(block_sizes), np.int64)
+    picks = np.empty((len(block_sizes), samples_per_class), np.int32)
+    for c, sizes in enumerate(block_sizes):
+        rng = np.random.default_rng([seed, epoch, c])
+        w = np.asarray(sizes, np.float64)
+        blocks[c] = rng.choice(len(sizes), p=w / w.sum())
+        n = sizes[blocks[c]]
+        reps = -(-samples_per_class // n)
+        picks[c] = np.concatenate([rng.permutation(n) for _ in range(reps)])[:samples_per_class]
+    return blocks, picks
+
+
+def _new_batch(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised uint8 tensor (the kernel zeroes each image), in shared memory inside a DataLoader worker.
+
+    Shared memory as default_collate does it: otherwise sending the batch to the main process copies it into shared
+    memory first (measured 26k images/s instead of 32k through 2 workers at 128 px).
+    """
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape))
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+
+
+class _RasterDataset(Dataset):
+    """What both datasets share: the store, the encoding, the geometry and per-process block sources."""
+
+    def __init__(self, store: Store | str | Path, encoding: str, image_size: int, line_width: int | None):
+        self.store = store if isinstance(store, Store) else Store(store)
+        self.encoding = get_encoding(encoding)
+        check_time(self.encoding, self.store.has_time, self.store.root)
+        self.image_size = int(image_size)
+        self.line_width, self.margin = check_geometry(self.image_size, line_width)
+        self._sources: tuple[object, Sources] | None = None  # (key, sources) opened lazily in each process
+
+    def __getstate__(self) -> dict:
+        # Memory maps and numba lists are opened again in each worker, never pickled (that would copy the data).
+        return self.__dict__ | {"_sources": None}
+
+    def _open(self, key: object, blocks: Callable[[], list[Block]]) -> Sources:
+        """The sources for key (an epoch), from blocks() when key changed; one key's blocks are open at a time."""
+        if self._sources is None or self._sources[0] != key:
+            self._sources = None  # unmap the previous epoch's blocks first
+            self._sources = (key, Sources(blocks()))
+        return self._sources[1]
+
+    def _render(self, sources: Sources, src: np.ndarray, idx: np.ndarray, flip: np.ndarray | None) -> torch.Tensor:
+        images = _new_batch((len(idx), self.encoding.channels, self.image_size, self.image_size))
+        xy, t, strokes, drawings = sources.gather(src, idx, with_time=self.encoding.needs_time)
+        rasterize(xy, t, strokes, drawings, self.encoding, self.image_size, self.line_width, self.margin, flip,
+                  out=images.numpy())
+        return images
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        images, labels = self.__getitems__([i])
+        return images[0], int(labels[0])
+
+    def _check_indices(self, indices: list[int]) -> np.ndarray:
+        idx = np.asarray(indices, np.int64).reshape(-1)
+        if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"index out of range for a dataset of {len(self)}")
+        return idx
+
+
+class BalancedBlockDataset(_RasterDataset):
+    """Training set: per epoch, one block per class and samples_per_class drawings of it (module docstring).
+
+    Items are ``(uint8 tensor (C, S, S), label)``; index i belongs to class ``i // samples_per_class``.
+    """
+
+    def __init__(self, store: Store | str | Path, encoding: str, image_size: int = 128, line_width: int | None = None,
+                 samples_per_class: int | None = None, seed: int = 0, hflip: bool = True):
+        super().__init__(store, encoding, image_size, line_width)
+        sizes = self.store.block_sizes()
+        self.block_sizes = [list(sizes.get(c, [])) for c in range(self.store.num_classes)]
+        empty = [self.store.classes[c] for c, s in enumerate(self.block_sizes) if sum(s) == 0]
+        if empty:
+            raise ValueError(f"{self.store.root}: no training drawings for class(es) {', '.join(empty[:5])}"
+                             f"{' ...' if len(empty) > 5 else ''}; prepare the store with those classes left out")
+        if samples_per_class is None:
+            samples_per_class = default_samples_per_class(self.block_sizes)
+        if samples_per_class < 1 or seed < 0:
+            raise ValueError(f"samples_per_class must be >= 1 and seed >= 0, got {samples_per_class}, {seed}")
+        self.samples_per_class, self.seed, self.hflip = int(samples_per_class), int(seed), bool(hflip)
+        # One shared-memory number: set_epoch in the main process is seen by persistent DataLoader workers.
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._plan: tuple[int, np.ndarray, np.ndarray] | None = None
+
+    def __getstate__(self) -> dict:
+        return super().__getstate__() | {"_plan": None}  # recomputed from (seed, epoch) where needed
+
+    def __len__(self) -> int:
+        return self.store.num_classes * self.samples_per_class
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self._epoch[0] = int(epoch)
+
+    def plan(self, epoch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(block index per class, drawing indices per class) of an epoch (default: the current one)."""
+        epoch = self.epoch if epoch is None else epoch
+        if self._plan is None or self._plan[0] != epoch:
+            self._plan = (epoch, *epoch_plan(self.block_sizes, self.samples_per_class, self.seed, epoch))
+        return self._plan[1], self._plan[2]
+
+    def epoch_blocks(self, epoch: int | None = None) -> list[Block]:
+        """The training block of each class in an epoch, memory-mapped; StoreError when disk and meta.json differ."""
+        chosen, _ = self.plan(epoch)
+        blocks = []
+        for c, b in enumerate(chosen):
+            files = self.store.train_blocks(c)
+            block = read_block(files[b]) if len(files) == len(self.block_sizes[c]) else None
+            if block is None or len(block) != self.block_sizes[c][b]:
+                raise StoreError(f"{self.store.class_dir(c)}: training blocks differ from meta.json; "
+                                 f"re-run prepare_data.py")
+            blocks.append(block)
+        return blocks
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self._check_indices(indices)
+        epoch = self.epoch
+        _, picks = self.plan(epoch)
+        sources = self._open(epoch, lambda: self.epoch_blocks(epoch))
+        cls = idx // self.samples_per_class
+        flip = flip_bits(self.seed, epoch, idx) if self.hflip else None
+        return self._render(sources, cls, picks[cls, idx % self.samples_per_class], flip), torch.from_numpy(cls)
+
+
+def _first_per_label(labels: np.ndarray, n: int) -> np.ndarray:
+    """Mask keeping the first n items of each label value, in order."""
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+    starts = np.r_[0, np.flatnonzero(sorted_labels[1:] != sorted_labels[:-1]) + 1]
+    rank = np.arange(len(labels)) - np.repeat(starts, np.diff(np.r_[starts, len(labels)]))
+    keep = np.zeros(len(labels), bool)
+    keep[order[rank < n]] = True
+    return keep
+
+
+class SplitDataset(_RasterDataset):
+    """Validation ("val") or test ("test") split in store order; ``key_ids`` and ``labels`` (int64, -1 when unlabelled)
+    are aligned with the items. ``max_per_class`` keeps the first N drawings of each label; ``flip`` mirrors all."""
+
+    def __init__(self, store: Store | str | Path, split: str, encoding: str, image_size: int = 128,
+                 line_width: int | None = None, max_per_class: int | None = None, flip: bool = False):
+        super().__init__(store, encoding, image_size, line_width)
+        if split == "val":
+            self.paths = [p for c in range(self.store.num_classes) for p in self.store.val_blocks(c)]
+        elif split == "test":
+            self.paths = self.store.test_blocks()
+        else:
+            raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+        if not self.paths:
+            raise ValueError(f"{self.store.root}: no {split} split in this store")
+        self.split, self.flip = split, bool(flip)
+        src, local, labels, keys = [], [], [], []
+        for i, path in enumerate(self.paths):
+            block = read_block(path)
+            src.append(np.full(len(block), i, np.int64))
+            local.append(np.arange(len(block), dtype=np.int64))
+            labels.append(np.asarray(block.label, np.int64))
+            keys.append(np.asarray(block.key_id, np.int64))
+        self._src, self._local = np.concatenate(src), np.concatenate(local)
+        self.labels, self.key_ids = np.concatenate(labels), np.concatenate(keys)
+        if max_per_class is not None:
+            if max_per_class < 1:
+                raise ValueError(f"max_per_class must be >= 1, got {max_per_class}")
+            keep = _first_per_label(self.labels, max_per_class)
+            self._src, self._local = self._src[keep], self._local[keep]
+            self.labels, self.key_ids = self.labels[keep], self.key_ids[keep]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self._check_indices(indices)
+        sources = self._open(self.split, lambda: [read_block(p) for p in self.paths])
+        flip = np.full(len(idx), self.flip) if self.flip else None
+        return self._render(sources, self._src[idx], self._local[idx], flip), torch.from_numpy(self.labels[idx])
+
+
+def build_dataset(store: Store | str | Path, split: str, encoding: str,
+                  **kwargs) -> "BalancedBlockDataset | SplitDataset":
+    """BalancedBlockDataset for split="train", else SplitDataset(split); kwargs go to the class."""
+    if split == "train":
+        return BalancedBlockDataset(store, encoding, **kwargs)
+    return SplitDataset(store, split, encoding, **kwargs)
+
+
+def pass_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Collate for datasets whose __getitems__ already returns the batch."""
+    return batch
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed NumPy's global generator per worker (the datasets use none, but user transforms might)."""
+    np.random.seed(torch.initial_seed() % 2**32)
+
+
+class EpochLoader(DataLoader):
+    """A DataLoader with ``set_epoch(epoch)``: sets the sampler's shuffle and the dataset's block choice together."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+
+def create_loader(dataset: Dataset, batch_size: int, is_training: bool, num_workers: int, distributed: bool = False,
+                  seed: int = 0, pin_memory: bool | None = None) -> EpochLoader:
+    """DataLoader over one of the datasets above; call ``loader.set_epoch(epoch)`` before each training epoch.
+
+    Training shuffles with a DistributedSampler (seeded by seed + epoch; one replica unless distributed, then sharded
+    by rank from torch.distributed) and drops the last incomplete batch; evaluation keeps order (sharded, padded to
+    equal length, when distributed). Workers are persistent and seeded, and start with the kernels compiled in this
+    process (see :func:`qdraw.raster.warm_up`); pin_memory defaults to CUDA being available.
+    """
+    if batch_size < 1 or num_workers < 0:
+        raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
+    inner = dataset
+    while not isinstance(inner, _RasterDataset) and hasattr(inner, "dataset"):  # e.g. a Subset shard
+        inner = inner.dataset
+    if num_workers > 0 and isinstance(inner, _RasterDataset):
+        warm_up(inner.encoding)  # forked workers inherit the compiled kernels
+    if distributed:
+        sampler = DistributedSampler(dataset, shuffle=is_training, seed=seed)
+    elif is_training:
+        sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed)
+    else:
+        sampler = None
+    pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+    return EpochLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                       collate_fn=pass_batch, pin_memory=pin_memory,
+                       drop_last=is_training, persistent_workers=num_workers > 0, worker_init_fn=seed_worker,
+                       generator=torch.Generator().manual_seed(seed))
+
+
+def to_model_input(x: torch.Tensor, device: torch.device | str, channels_last: bool = False) -> torch.Tensor:
+    """uint8 (B, C, S, S) batch → float32 in [0, 1] on device (copied as uint8: 4x less to transfer)."""
+    x = x.to(device, non_blocking=True).float().div_(255)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x

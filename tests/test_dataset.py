@@ -1,0 +1,277 @@
+"""Datasets and loaders over tiny hand-made stores: balanced epochs of one block per class, reproducibility,
+resuming, DDP sharding, the fixed splits, and a real-data store prepared from ../shared when it is there.
+
+Each hand-made drawing is dots only, drawn 1 px wide at 64 px: two corner dots fix the bounding box, block b adds
+b + 1 dots on the top row and one dot marks the item, so an image's ink count is b + 4 whatever the flip: the block
+an item came from can be read off the image the loader yields.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DistributedSampler
+
+from qdraw.dataset import (BalancedBlockDataset, SplitDataset, create_loader, epoch_plan, flip_bits, to_model_input)
+from qdraw.raster import rasterize
+from qdraw.store import FORMAT_VERSION, Block, Store, StoreError, make_block, read_block, write_block
+
+SIZES = [[6, 6, 3], [6, 2], [7]]  # training blocks per class; default samples_per_class = min(6, 6, 7) = 6
+VAL = [3, 0, 2]
+
+
+def _block(c: int, b: int, n: int, raw: bool, label: int | None = None) -> Block:
+    xy, t, stroke_lens, drawing_lens = [], [], [], []
+    for i in range(n):
+        dots = [(0, 0), (255, 255)] + [(40 * k + 40, 0) for k in range(b + 1)] + [(10 + 20 * (i % 12), 128)]
+        xy += dots
+        t += [100 * j for j in range(len(dots))]
+        stroke_lens += [1] * len(dots)
+        drawing_lens.append(len(dots))
+    key = 1000 * (100 * c + b) + np.arange(n)
+    return make_block(np.array(xy), np.array(t) if raw else None, np.array(stroke_lens), np.array(drawing_lens),
+                      np.full(n, c if label is None else label), key, np.full(n, b"US"), np.ones(n))
+
+
+def make_store(root: Path, raw: bool = False, test: bool = True) -> Store:
+    """A store of 3 classes with SIZES training blocks, VAL validation drawings and a 5-drawing unlabelled test."""
+    for c, sizes in enumerate(SIZES):
+        d = root / "classes" / f"{c:03d}"
+        d.mkdir(parents=True)
+        for b, n in enumerate(sizes):
+            write_block(d / f"train_{b:04d}.qdb", _block(c, b, n, raw))
+        if VAL[c]:
+            write_block(d / "val_0000.qdb", _block(c, 4, VAL[c], raw))
+    if test:
+        (root / "test").mkdir()
+        write_block(root / "test" / "block_0000.qdb", _block(0, 5, 5, raw, label=-1))
+    meta = {"version": FORMAT_VERSION, "kind": "raw" if raw else "simplified", "classes": ["a", "b", "c"],
+            "train_block_sizes": {str(c): s for c, s in enumerate(SIZES)}}
+    (root / "meta.json").write_text(json.dumps(meta))
+    return Store(root)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return make_store(tmp_path / "st")
+
+
+def dataset(store: Store, **kw) -> BalancedBlockDataset:
+    return BalancedBlockDataset(store, "rgb", image_size=64, line_width=1, **kw)
+
+
+def expected(ds: BalancedBlockDataset, indices: list[int]) -> torch.Tensor:
+    """The images of items indices, rasterised directly from the epoch plan (independent of the dataset's path)."""
+    blocks, picks = ds.plan()
+    out = []
+    for i in indices:
+        c, j = divmod(i, ds.samples_per_class)
+        b = read_block(ds.store.train_blocks(c)[blocks[c]]).select([picks[c, j]])
+        flip = flip_bits(ds.seed, ds.epoch, np.array([i])) if ds.hflip else None
+        out.append(rasterize(b.xy, b.t, b.strokes, b.drawings, "rgb", 64, 1, None, flip)[0])
+    return torch.from_numpy(np.stack(out))
+
+
+def epoch_batches(loader, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    loader.set_epoch(epoch)
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+def test_epoch_plan():
+    blocks, picks = epoch_plan(SIZES, 6, seed=0, epoch=3)
+    again = epoch_plan(SIZES, 6, seed=0, epoch=3)
+    assert (blocks == again[0]).all() and (picks == again[1]).all()
+    assert picks.shape == (3, 6) and picks.dtype == np.int32
+    for c, sizes in enumerate(SIZES):
+        n = sizes[blocks[c]]
+        counts = np.bincount(picks[c], minlength=n)
+        assert len(counts) == n and counts.min() >= 6 // n and counts.max() <= -(-6 // n)
+    plans = [epoch_plan(SIZES, 6, 0, e)[0] for e in range(60)]
+    assert {tuple(p) for p in plans} != {tuple(plans[0])}
+    assert set(np.array(plans)[:, 0]) == {0, 1, 2}  # every block of class 0 comes up
+    assert (epoch_plan(SIZES, 6, 1, 3)[1] != picks).any()
+
+
+def test_items_match_direct_rasterisation(store):
+    ds = dataset(store, seed=2)
+    assert len(ds) == 18 and ds.samples_per_class == 6
+    ds.set_epoch(1)
+    x, y = ds.__getitems__(list(range(18)))
+    assert x.dtype == torch.uint8 and x.shape == (18, 3, 64, 64)
+    assert y.dtype == torch.int64 and y.tolist() == [0] * 6 + [1] * 6 + [2] * 6
+    assert torch.equal(x, expected(ds, list(range(18))))
+    item, label = ds[7]
+    assert torch.equal(item, x[7]) and label == 1
+    copy = pickle.loads(pickle.dumps(ds))  # what a spawned worker gets: no maps, no plan, same items
+    assert copy._sources is None and copy._plan is None and torch.equal(copy.__getitems__([3, 17])[0], x[[3, 17]])
+    assert flip_bits(2, 1, np.arange(18)).any() and not flip_bits(2, 1, np.arange(18)).all()
+    with pytest.raises(IndexError):
+        ds.__getitems__([18])
+
+
+def test_two_workers_one_block_per_class(store):
+    ds = dataset(store, seed=1)
+    loader = create_loader(ds, 6, is_training=True, num_workers=2, seed=1)
+    for epoch in (0, 1, 2):
+        batches = epoch_batches(loader, epoch)
+        x = torch.cat([b[0] for b in batches])
+        y = torch.cat([b[1] for b in batches])
+        assert x.shape == (18, 3, 64, 64) and x.dtype == torch.uint8
+        assert Counter(y.tolist()) == {0: 6, 1: 6, 2: 6}
+        block_of = (x.amax(1) > 0).flatten(1).sum(1) - 4  # ink count = block + 4
+        blocks, _ = ds.plan(epoch)
+        for c in range(3):
+            assert set(block_of[y == c].tolist()) == {blocks[c]}
+        # the sampler's order, rasterised in this process, is exactly what the workers sent
+        sampler = DistributedSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=1)
+        sampler.set_epoch(epoch)
+        assert torch.equal(x, expected(ds, list(sampler)))
+
+
+def test_same_seed_same_batches_and_resume(store):
+    a = create_loader(dataset(store, seed=3), 6, True, num_workers=2, seed=3)
+    runs = [epoch_batches(a, e) for e in range(3)]
+    b = create_loader(dataset(store, seed=3), 6, True, num_workers=0, seed=3)
+    resumed = epoch_batches(b, 2)  # set_epoch(2) straight away equals reaching epoch 2
+    assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(runs[2], resumed))
+    assert not all(torch.equal(p[0], q[0]) for p, q in zip(runs[1], runs[2]))
+    other = epoch_batches(create_loader(dataset(store, seed=4), 6, True, num_workers=0, seed=4), 2)
+    assert not all(torch.equal(p[0], q[0]) for p, q in zip(other, resumed))
+
+
+def test_distributed_shards_agree(store, tmp_path):
+    seen = []
+    for rank in (0, 1):
+        ds = dataset(store, seed=5)  # each rank builds its own dataset
+        sampler = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=5)
+        sampler.set_epoch(4)
+        ds.set_epoch(4)
+        idx = list(sampler)
+        x, y = ds.__getitems__(idx)
+        assert torch.equal(x, expected(ds, idx))
+        seen.append(idx)
+    assert sorted(seen[0] + seen[1]) == list(range(18))
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        loader = create_loader(dataset(store), 6, True, num_workers=0, distributed=True)
+        assert isinstance(loader.sampler, DistributedSampler) and len(loader) == 3
+        assert sum(len(y) for _, y in epoch_batches(loader, 0)) == 18
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_samples_per_class_above_block_size(store):
+    ds = dataset(store, samples_per_class=20, hflip=False)
+    assert len(ds) == 60
+    blocks, picks = ds.plan()
+    for c in range(3):
+        n = SIZES[c][blocks[c]]
+        assert set(picks[c].tolist()) == set(range(n))  # whole block used, then repeated
+    x, _ = ds.__getitems__(list(range(60)))
+    assert torch.equal(x, expected(ds, list(range(60))))
+
+
+def test_split_datasets(store):
+    val = SplitDataset(store, "val", "rgb", image_size=64, line_width=1)
+    assert len(val) == 5 and val.labels.tolist() == [0, 0, 0, 2, 2]
+    assert val.key_ids.tolist() == [4000, 4001, 4002, 204000, 204001]
+    x, y = val.__getitems__([0, 4])
+    assert y.tolist() == [0, 2] and x.shape == (2, 3, 64, 64)
+    blk = read_block(store.val_blocks(2)[0])
+    assert torch.equal(x[1], torch.from_numpy(rasterize(blk.xy, None, blk.strokes, blk.drawings, "rgb", 64, 1)[1]))
+    flipped = SplitDataset(store, "val", "rgb", image_size=64, line_width=1, flip=True)[4][0]
+    assert torch.equal(flipped, torch.from_numpy(
+        rasterize(blk.xy, None, blk.strokes, blk.drawings, "rgb", 64, 1, flip=np.array([True, True]))[1]))
+    capped = SplitDataset(store, "val", "grey", image_size=64, max_per_class=1)
+    assert capped.labels.tolist() == [0, 2] and capped.key_ids.tolist() == [4000, 204000] and capped[1][0].shape[0] == 1
+    test = SplitDataset(store, "test", "rgb", image_size=64)
+    assert len(test) == 5 and (test.labels == -1).all()
+    xs, ys = next(iter(create_loader(test, 4, is_training=False, num_workers=0)))
+    assert ys.tolist() == [-1] * 4 and xs.shape == (4, 3, 64, 64)
+    with pytest.raises(ValueError, match="split"):
+        SplitDataset(store, "train", "rgb")
+
+
+def test_time_encoding_needs_raw(store, tmp_path):
+    with pytest.raises(ValueError, match="simplified"):
+        BalancedBlockDataset(store, "time")
+    with pytest.raises(ValueError, match="simplified"):
+        SplitDataset(store, "val", "time")
+    raw = make_store(tmp_path / "raw", raw=True, test=False)
+    ds = BalancedBlockDataset(raw, "time", image_size=64, line_width=1)
+    x, _ = ds.__getitems__([0, 1])
+    assert x.shape == (2, 3, 64, 64) and x.min() == 0 and x.max() == 255
+    # rgb on a raw store ignores t: the same images as the simplified store's
+    assert torch.equal(BalancedBlockDataset(raw, "rgb", 64, 1)[5][0], dataset(store)[5][0])
+    with pytest.raises(ValueError, match="no test split"):
+        SplitDataset(raw, "test", "rgb")
+
+
+def test_to_model_input():
+    x = torch.tensor([[[[0, 51], [255, 102]]]], dtype=torch.uint8)
+    y = to_model_input(x, "cpu", channels_last=True)
+    assert y.dtype == torch.float32 and y.is_contiguous(memory_format=torch.channels_last)
+    assert y.flatten().tolist() == pytest.approx([0.0, 0.2, 1.0, 0.4])
+
+
+@pytest.fixture(scope="module")
+def real_store(tmp_path_factory, shared_data: Path) -> Store:
+    """Three real classes prepared from ../shared with small blocks (airplane and eye ~400 drawings, cat more)."""
+    import prepare_data
+
+    src = shared_data / "kaggle/train_simplified"
+
+    out = tmp_path_factory.mktemp("real") / "st"
+    prepare_data.main(prepare_data.get_args_parser().parse_args(
+        ["--input", str(src), "--output", str(out), "--classes", "airplane,cat,eye", "--max-per-class", "400",
+         "--block-size", "120", "--workers", "1", "--no-test"]))
+    return Store(out)
+
+
+@pytest.mark.slow
+def test_real_store_loader(real_store):
+    ds = BalancedBlockDataset(real_store, "rgb", image_size=64, seed=0)
+    sizes = real_store.block_sizes()
+    assert ds.samples_per_class == min(max(s) for s in sizes.values()) and len(ds) == 3 * ds.samples_per_class
+    loader = create_loader(ds, 40, is_training=True, num_workers=2, seed=0)
+    batches = epoch_batches(loader, 1)
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    assert x.dtype == torch.uint8 and x.shape[1:] == (3, 64, 64) and len(x) == len(ds) // 40 * 40
+    assert (x[:, 2].flatten(1).amax(1) == 255).all()  # every real drawing has ink
+    sampler = DistributedSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=0)
+    sampler.set_epoch(1)
+    order = list(sampler)[:len(x)]
+    assert y.tolist() == [i // ds.samples_per_class for i in order]
+    blocks, picks = ds.plan(1)
+    first = [order[0], order[1]]
+    for k, i in enumerate(first):
+        c, j = divmod(i, ds.samples_per_class)
+        b = read_block(real_store.train_blocks(c)[blocks[c]]).select([picks[c, j]])
+        want = rasterize(b.xy, None, b.strokes, b.drawings, "rgb", 64, None, None, flip_bits(0, 1, np.array([i])))
+        assert torch.equal(x[k], torch.from_numpy(want[0]))
+    val = SplitDataset(real_store, "val", "rgb", image_size=64)
+    assert sorted(set(val.labels.tolist())) == [0, 1, 2] and len(val) == sum(
+        len(read_block(p)) for c in range(3) for p in real_store.val_blocks(c))
+
+
+def test_bad_stores_and_arguments(store):
+    with pytest.raises(ValueError, match="samples_per_class"):
+        dataset(store, samples_per_class=0)
+    meta = json.loads((store.root / "meta.json").read_text())
+    meta["train_block_sizes"]["1"] = [6, 3]  # disk holds [6, 2]
+    (store.root / "meta.json").write_text(json.dumps(meta))
+    ds = dataset(Store(store.root), samples_per_class=2)
+    with pytest.raises(StoreError, match="meta.json"):
+        for epoch in range(20):  # until class 1 draws its second block
+            ds.set_epoch(epoch)
+            ds[0]
+    meta["train_block_sizes"]["1"] = []
+    (store.root / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="no training drawings for class"):
+        dataset(Store(store.root))
