@@ -1,0 +1,146 @@
+"""Checkpoints: a flat dict of plain types and tensors, written atomically and read with ``weights_only=True``.
+
+The layout (``CHECKPOINT_VERSION`` 1) is the one in STYLE.md: ``version, arch, model_args, classes, num_classes,
+encoding, image_size, config`` (a plain dict) to rebuild the model without the YAML, and ``model, optimizer, scaler,
+epoch`` (last completed), ``step`` (optimiser steps so far), ``best_metric``, ``data_seed`` and ``rng`` to resume a run
+exactly. Nothing in it needs pickle's arbitrary-object path, so ``torch.load(weights_only=True)`` reads it and refuses
+anything else (a Namespace, a custom class), which is the point: loading a checkpoint never runs foreign code.
+
+Writes go to a temporary file in the same folder, are fsync'ed, then renamed over the target (timm ``CheckpointSaver``
+does the rename), so a full disk or a kill mid-write leaves the previous file intact.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CHECKPOINT_VERSION = 1
+REQUIRED_KEYS = ("version", "arch", "model_args", "classes", "encoding", "image_size", "config", "model", "epoch")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, is of another format version, or does not fit the data or settings."""
+
+
+def save_checkpoint(state: dict, path: str | Path) -> None:
+    """Write state to path atomically: a temporary sibling, flush + fsync, then os.replace over path."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def copy_checkpoint(src: str | Path, dst: str | Path) -> None:
+    """Make dst a copy of src atomically: a hard link when the filesystem allows (free), else a byte copy.
+
+    A hard link is safe because save_checkpoint never rewrites a file in place: the next save of src renames a new
+    inode over the name and dst keeps the old one.
+    """
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(dst.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Persist a rename (POSIX needs the directory fsync'ed too); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint with ``torch.load(weights_only=True)`` and check its format; CheckpointError if unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message is a page of advice; keep the line that names the offending global.
+        why = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        raise CheckpointError(f"{path}: refused by torch.load(weights_only=True): it holds a pickled object "
+                              f"({why.group(1) if why else 'not a tensor or plain type'}), not a checkpoint "
+                              f"this code wrote") from exc
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({exc})") from exc
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: not a training checkpoint (a {type(ckpt).__name__}, expected a dict)")
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {ckpt.get('version')!r}, this code reads "
+                              f"{CHECKPOINT_VERSION}")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    return ckpt
+
+
+def check_compatible(ckpt: dict, classes: list[str] | None = None, encoding: str | None = None,
+                     image_size: int | None = None, arch: str | None = None) -> None:
+    """Raise CheckpointError when the checkpoint was trained on other classes, encoding, image size or model."""
+    if classes is not None and list(ckpt["classes"]) != list(classes):
+        theirs = list(ckpt["classes"])
+        if len(theirs) != len(classes):
+            raise CheckpointError(f"checkpoint has {len(theirs)} classes, the data has {len(classes)}")
+        i = next(i for i, (a, b) in enumerate(zip(theirs, classes)) if a != b)
+        raise CheckpointError(f"checkpoint classes differ from the data's at index {i}: {theirs[i]!r} vs "
+                              f"{classes[i]!r}")
+    for key, want in (("encoding", encoding), ("image_size", image_size), ("arch", arch)):
+        if want is not None and ckpt[key] != want:
+            raise CheckpointError(f"checkpoint {key} is {ckpt[key]!r}, this run asks for {want!r}")
+
+
+def rng_state() -> dict:
+    """States of the torch, CUDA, NumPy and Python generators as tensors, ints and lists (weights_only-loadable)."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached)},
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what rng_state() returned (CUDA states only when this process sees as many devices)."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and torch.cuda.device_count() == len(state["cuda"]):
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
