@@ -68,8 +68,8 @@ def _number(buf, i, end):
 
 
 @njit(cache=True)
-def _drawing(buf, i, end, xs, ys, ts, p, slen, s):
-    """Parse ``[[[…],[…]], …]`` at i into xs/ys/ts from point p and slen from stroke s.
+def _drawing(buf, i, end, vals, p, slen, s):
+    """Parse ``[[[…],[…]], …]`` at i into vals[axis] from point p and slen from stroke s.
 
     Returns (next index, points end, strokes end, dims, ok).
     """
@@ -78,6 +78,7 @@ def _drawing(buf, i, end, xs, ys, ts, p, slen, s):
         return i, p, s, 0, False
     i += 1
     dims = 0
+    cap = vals.shape[1]
     while True:
         i = _skip_ws(buf, i, end)
         if i >= end or buf[i] != 91:  # a stroke
@@ -98,15 +99,15 @@ def _drawing(buf, i, end, xs, ys, ts, p, slen, s):
                 while True:
                     i = _skip_ws(buf, i, end)
                     v, i, ok = _number(buf, i, end)
-                    if not ok or p + k >= len(xs):
+                    if not ok or p + k >= cap:
                         return i, p, s, dims, False
-                    if axis == 0:
-                        xs[p + k] = v
-                    elif axis == 1:
-                        ys[p + k] = v
-                    else:
-                        ts[p + k] = v
+                    vals[axis, p + k] = v
                     k += 1
+                    if i < end and buf[i] == 44:  # the usual ", " separator without a call
+                        i += 1
+                        if i < end and buf[i] == 32:
+                            i += 1
+                        continue
                     i = _skip_ws(buf, i, end)
                     if i < end and buf[i] == 44:
                         i += 1
@@ -208,10 +209,11 @@ def _csv_fields(buf, a, b, fs, fe):
 
 
 @njit(cache=True)
-def parse_rows(buf, starts, ends, fmt, cols, xs, ys, ts, slen, nstrokes, dims, key, country, rec, status):
+def parse_rows(buf, starts, ends, fmt, cols, vals, slen, nstrokes, dims, key, country, rec, status):
     """Parse rows [starts[r], ends[r]) of buf; fill per-point, per-stroke and per-row outputs.
 
     cols (CSV only): indices of drawing, key_id, countrycode, recognized (-1 if absent) and the column count.
+    vals (3, capacity) float64 receives x, y and t of every point.
     Returns (points used, strokes used). Rejected rows get status REJECT and no points or strokes.
     """
     p = 0
@@ -292,7 +294,7 @@ def parse_rows(buf, starts, ends, fmt, cols, xs, ys, ts, slen, nstrokes, dims, k
                 else:
                     continue
             da, db = di, b
-        nxt, p2, s2, d, ok = _drawing(buf, da, db, xs, ys, ts, p, slen, s)
+        nxt, p2, s2, d, ok = _drawing(buf, da, db, vals, p, slen, s)
         if not ok:
             continue
         nxt = _skip_ws(buf, nxt, db)
@@ -305,3 +307,60 @@ def parse_rows(buf, starts, ends, fmt, cols, xs, ys, ts, slen, nstrokes, dims, k
         dims[r] = d
         p, s = p2, s2
     return p, s
+
+
+@njit(cache=True)
+def normalise_rows(x, y, t, pts, rows_ok, raw, xy_out, t_out, status):
+    """Check and map each drawing into the store's 0..255 frame in one pass (see qdraw.pack.normalise).
+
+    status per drawing: 0 kept, 1 not considered (empty or already rejected), 2 non-finite or huge value,
+    3 simplified coordinate outside 0..255 or fractional.
+    """
+    p = 0
+    for d in range(len(pts)):
+        n = pts[d]
+        a = p
+        p += n
+        if n == 0 or not rows_ok[d]:
+            status[d] = 1
+            continue
+        bad = False
+        for i in range(a, a + n):
+            # written so that NaN fails: every comparison with NaN is False
+            if not (abs(x[i]) < 1e9 and abs(y[i]) < 1e9):
+                bad = True
+                break
+            if raw and not (abs(t[i]) < 1e12):
+                bad = True
+                break
+        if bad:
+            status[d] = 2
+            continue
+        if not raw:
+            for i in range(a, a + n):
+                xi, yi = x[i], y[i]
+                if xi < 0 or xi > 255 or yi < 0 or yi > 255 or xi != np.floor(xi) or yi != np.floor(yi):
+                    bad = True
+                    break
+            if bad:
+                status[d] = 3
+                continue
+            for i in range(a, a + n):
+                xy_out[i, 0] = np.uint8(x[i])
+                xy_out[i, 1] = np.uint8(y[i])
+            status[d] = 0
+            continue
+        x0, y0, x1, y1, t0 = x[a], y[a], x[a], y[a], t[a]
+        for i in range(a, a + n):
+            x0, x1 = min(x0, x[i]), max(x1, x[i])
+            y0, y1 = min(y0, y[i]), max(y1, y[i])
+            t0 = min(t0, t[i])
+        span = max(x1 - x0, y1 - y0)
+        if span <= 0:
+            span = 1.0
+        for i in range(a, a + n):
+            # multiply before dividing: 100 * 255 / 200 is exactly 127.5; np.rint rounds half to even like np.round
+            xy_out[i, 0] = np.uint8(min(max(np.rint((x[i] - x0) * 255.0 / span), 0.0), 255.0))
+            xy_out[i, 1] = np.uint8(min(max(np.rint((y[i] - y0) * 255.0 / span), 0.0), 255.0))
+            t_out[i] = np.int32(min(max(np.rint(t[i] - t0), 0.0), 2147483647.0))
+        status[d] = 0

@@ -41,37 +41,24 @@ def normalise(x: np.ndarray, y: np.ndarray, t: np.ndarray | None, pts: np.ndarra
               rows_ok: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Check values and map drawings into the store's frame; return (xy uint8, t int32 | None, ok per drawing).
 
-    pts: points per drawing; rows_ok: drawings already rejected for another reason (not counted again). Simplified drawings must already be integers in 0..255 (anything else is corrupt, not
-    rescaled); raw drawings get Google's first two simplification steps: align to the top-left, scale uniformly to
-    a max of 255. Non-finite or huge (|v| >= 1e9) values reject their drawing.
+    pts: points per drawing; rows_ok: drawings already rejected for another reason (not counted again). Simplified
+    drawings must already be integers in 0..255 (anything else is corrupt, not rescaled); raw drawings get Google's
+    first two simplification steps: align to the top-left, scale uniformly to a max of 255, and times start at 0.
+    Non-finite or huge (|v| >= 1e9) values reject their drawing. One compiled pass (qdraw.fastparse.normalise_rows).
     """
-    starts = (np.cumsum(pts) - pts).astype(np.int64)
-    nonempty = pts > 0
-    if rows_ok is not None:
-        nonempty &= rows_ok
-    good = np.isfinite(x) & np.isfinite(y) & (np.abs(x) < 1e9) & (np.abs(y) < 1e9)
-    if t is not None:
-        good &= np.isfinite(t) & (np.abs(t) < 1e12)
-    ok = _all_per_drawing(good, starts, nonempty)
-    skipped["non-finite or huge coordinate"] += int((nonempty & ~ok).sum())
-    x, y = np.where(good, x, 0.0), np.where(good, y, 0.0)
-    if kind == "simplified":
-        inside = (x >= 0) & (x <= 255) & (y >= 0) & (y <= 255) & (x == np.floor(x)) & (y == np.floor(y))
-        before = int(ok.sum())
-        ok &= _all_per_drawing(inside, starts, nonempty)
-        skipped["coordinate outside 0..255 or fractional"] += before - int(ok.sum())
-        return np.column_stack([x, y]).astype(np.uint8), None, ok
-    x0, y0 = _per_drawing(np.minimum, x, starts, nonempty), _per_drawing(np.minimum, y, starts, nonempty)
-    span = np.maximum(_per_drawing(np.maximum, x, starts, nonempty) - x0,
-                      _per_drawing(np.maximum, y, starts, nonempty) - y0)
-    span = np.repeat(np.where(span > 0, span, 1.0), pts)
-    # multiply before dividing: 100 * 255 / 200 is exactly 127.5, 100 * (255 / 200) is not
-    xs = np.clip(np.round((x - np.repeat(x0, pts)) * 255.0 / span), 0, 255)
-    ys = np.clip(np.round((y - np.repeat(y0, pts)) * 255.0 / span), 0, 255)
-    t = np.where(np.isfinite(t), t, 0.0)
-    t = t - np.repeat(_per_drawing(np.minimum, t, starts, nonempty), pts)
-    # ms since the first point; clamp absurd values instead of wrapping int32
-    return np.column_stack([xs, ys]).astype(np.uint8), np.clip(np.round(t), 0, 2**31 - 1).astype(np.int32), ok
+    raw = kind == "raw"
+    n_pts = len(x)
+    xy = np.zeros((n_pts, 2), np.uint8)
+    t_out = np.zeros(n_pts, np.int32)
+    status = np.zeros(len(pts), np.int8)
+    ok_in = np.ones(len(pts), bool) if rows_ok is None else np.asarray(rows_ok, bool)
+    fastparse.normalise_rows(np.ascontiguousarray(x, np.float64), np.ascontiguousarray(y, np.float64),
+                             np.ascontiguousarray(t if raw else np.zeros(n_pts), np.float64),
+                             np.asarray(pts, np.int64), ok_in, raw, xy, t_out, status)
+    skipped["non-finite or huge coordinate"] += int((status == 2).sum())
+    if not raw:
+        skipped["coordinate outside 0..255 or fractional"] += int((status == 3).sum())
+    return xy, (t_out if raw else None), status == 0
 
 
 def points_per_drawing(stroke_lens: np.ndarray, nstrokes: np.ndarray) -> np.ndarray:
@@ -79,17 +66,6 @@ def points_per_drawing(stroke_lens: np.ndarray, nstrokes: np.ndarray) -> np.ndar
     cum_pts = np.r_[0, np.cumsum(stroke_lens, dtype=np.int64)]
     cum_strokes = np.r_[0, np.cumsum(nstrokes, dtype=np.int64)]
     return cum_pts[cum_strokes[1:]] - cum_pts[cum_strokes[:-1]]
-
-
-def _per_drawing(op: np.ufunc, v: np.ndarray, starts: np.ndarray, nonempty: np.ndarray) -> np.ndarray:
-    out = np.zeros(len(starts), v.dtype)
-    if nonempty.any():
-        out[nonempty] = op.reduceat(v, starts[nonempty])
-    return out
-
-
-def _all_per_drawing(mask: np.ndarray, starts: np.ndarray, nonempty: np.ndarray) -> np.ndarray:
-    return _per_drawing(np.logical_and, mask, starts, nonempty) & nonempty
 
 
 class _Parser:
@@ -143,14 +119,15 @@ class _Parser:
             starts, ends = starts[:limit - self.rows_read], ends[:limit - self.rows_read]
         self.rows_read += len(starts)
         n, cap = len(starts), len(data) // 2 + 1
-        xs, ys, ts = np.empty(cap), np.empty(cap), np.zeros(cap)
+        vals = np.zeros((3, cap))
         slen = np.empty(cap // 2 + 1, np.int64)
         nstrokes, dims = np.zeros(n, np.int32), np.zeros(n, np.int8)
         key, country = np.zeros(n, np.int64), np.zeros((n, 2), np.uint8)
         rec, status = np.zeros(n, np.int8), np.zeros(n, np.int8)
         fmt = fastparse.FMT_NDJSON if self.fmt == "ndjson" else fastparse.FMT_CSV
-        p, s = fastparse.parse_rows(buf, starts, ends, fmt, self.cols, xs, ys, ts, slen, nstrokes, dims, key,
-                                    country, rec, status)
+        p, s = fastparse.parse_rows(buf, starts, ends, fmt, self.cols, vals, slen, nstrokes, dims, key, country, rec,
+                                    status)
+        xs, ys, ts = vals
         want = 3 if self.kind == "raw" else 2
         ok = status == fastparse.OK
         wrong = ok & (dims != want)
