@@ -12,12 +12,13 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from tqdm import tqdm
 
 from .pack import pack_class, pack_file
-from .readers import Layout, detect_layout, read_kaggle_test, read_solution
+from .readers import Layout, Row, detect_layout, read_kaggle_test, read_solution
 from .store import FORMAT_VERSION
 from .strokes import DrawingError, check_drawing, loads_drawing
 
@@ -63,8 +64,12 @@ def _select_classes(files: dict[str, Path], spec: str | None) -> dict[str, Path]
     return {n: files[n] for n in names}
 
 
-def _pack_test(args, out: Path, kind: str, classes: list[str], test: Path) -> dict:
-    """Pack a Kaggle test CSV into out/test, labelled from its solution file when one lies beside it."""
+def _pack_test(args, out: Path, kind: str, classes: list[str], test: Path, unknown: int = -2) -> dict:
+    """Pack a Kaggle test CSV into out/test, labelled from its solution file when one lies beside it.
+
+    A drawing whose solution word is not among classes gets label ``unknown``: -2 drops it (a store restricted to
+    some classes), -1 keeps it unlabelled (prediction, where every drawing needs a row).
+    """
     sol_path = test.with_name(test.stem + "_solution.csv")
     solution = read_solution(sol_path) if sol_path.is_file() else {}
     index = {c.replace(" ", "_"): i for i, c in enumerate(classes)}
@@ -72,8 +77,8 @@ def _pack_test(args, out: Path, kind: str, classes: list[str], test: Path) -> di
     def label_of(block):
         if not solution:
             return np.full(len(block), -1, np.int16)
-        # -2: a key_id missing from the solution or a word not among the classes (counted as "unknown class")
-        return np.array([index.get(solution.get(int(k), ""), -2) for k in block.key_id], np.int16)
+        # a key_id missing from the solution or a word not among the classes; -2 is counted as "unknown class"
+        return np.array([index.get(solution.get(int(k), ""), unknown) for k in block.key_id], np.int16)
 
     tmp = out / f".test.tmp{os.getpid()}"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -101,6 +106,8 @@ def _check_settings(out: Path, settings: dict) -> None:
 
 def prepare(args: PrepareOptions, source: Path) -> dict:
     out = Path(args.output)
+    if args.test and not args.no_test and not Path(args.test).is_file():  # before packing, not after
+        raise ValueError(f"{args.test}: no such test CSV")
     layout = detect_layout(source)
     files = _select_classes(layout.files, args.classes)
     kind = sniff_kind(layout)
@@ -116,8 +123,6 @@ def prepare(args: PrepareOptions, source: Path) -> dict:
             stats[name] = st
     test = None if args.no_test else Path(args.test) if args.test else source.parent / f"test_{kind}.csv"
     test_stats = _pack_test(args, out, kind, classes, test) if test and test.is_file() else None
-    if args.test and not Path(args.test).is_file():
-        raise ValueError(f"{args.test}: no such test CSV")
     meta = {"version": FORMAT_VERSION, "kind": kind, "classes": classes, "block_size": args.block_size,
             "val_every": args.val_every, "layout": layout.name, "source": str(source),
             "train_block_sizes": {str(i): stats[c]["train"] for i, c in enumerate(classes)},
@@ -176,9 +181,9 @@ def pack_eval_input(source: Path, out: Path, classes: list[str], block_size: int
     if source.is_file():
         if source.suffix not in (".csv", ".gz") or "drawing" not in source.open(errors="replace").readline():
             raise ValueError(f"{source}: not a Kaggle test CSV (key_id,countrycode,drawing)")
-        head = next(read_kaggle_test(source), None)
-        kind = _kind_of(head)
-        stats = _pack_test(PrepareOptions(output=str(out), block_size=block_size), out, kind, classes, source)
+        kind = _kind_of(read_kaggle_test(source), source)
+        stats = _pack_test(PrepareOptions(output=str(out), block_size=block_size), out, kind, classes, source,
+                           unknown=-1)
     else:
         layout = detect_layout(source)
         kind = sniff_kind(layout)
@@ -205,10 +210,14 @@ def pack_eval_input(source: Path, out: Path, classes: list[str], block_size: int
     return stats | {"kind": kind}
 
 
-def _kind_of(row) -> str:
-    if row is None or row.error:
-        raise ValueError("the first row of the test CSV is unreadable")
-    try:
-        return "raw" if check_drawing(loads_drawing(row.drawing)) == 3 else "simplified"
-    except DrawingError as exc:
-        raise ValueError(f"the first row of the test CSV is unreadable ({exc})") from None
+def _kind_of(rows: Iterator[Row], source: Path) -> str:
+    """'raw' or 'simplified' from the first readable drawing: a bad first row is skipped (and counted when packed)."""
+    for i, row in enumerate(rows):
+        if i >= 1000:
+            break
+        try:
+            if not row.error:
+                return "raw" if check_drawing(loads_drawing(row.drawing)) == 3 else "simplified"
+        except DrawingError:
+            continue
+    raise ValueError(f"{source}: no readable drawing in the first rows of the test CSV")
