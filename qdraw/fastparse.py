@@ -209,6 +209,80 @@ def _csv_fields(buf, a, b, fs, fe):
 
 
 @njit(cache=True)
+def _csv_meta(buf, a, b, cols, fs, fe, key, country, rec, r):
+    """Split a Kaggle CSV row and read key_id, countrycode and recognized into row r; (drawing start, end) or -1."""
+    if _csv_fields(buf, a, b, fs, fe) != cols[4]:
+        return -1, -1
+    kv = _int_field(buf, fs[cols[1]], fe[cols[1]])
+    ca, cb = fs[cols[2]], fe[cols[2]]
+    if kv < 0 or cb - ca > 2:
+        return -1, -1
+    key[r] = kv
+    for j in range(cb - ca):
+        country[r, j] = buf[ca + j]
+    if cols[3] >= 0:
+        ra, rb = fs[cols[3]], fe[cols[3]]
+        if rb - ra == 4 and buf[ra] == 84:  # True
+            rec[r] = 1
+        elif rb - ra == 5 and buf[ra] == 70:  # False
+            rec[r] = 0
+        else:
+            return -1, -1
+    return fs[cols[0]], fe[cols[0]]
+
+
+# the ndjson keys as bytes: numba has no bytes literals in compiled code
+_K_REC = np.frombuffer(b"recognized", np.uint8)
+_K_KEY = np.frombuffer(b"key_id", np.uint8)
+_K_CC = np.frombuffer(b"countrycode", np.uint8)
+_K_DR = np.frombuffer(b"drawing", np.uint8)
+
+
+@njit(cache=True)
+def _ndjson_meta(buf, a, b, key, country, rec, r):
+    """Find key_id, countrycode, recognized and drawing in a Google ndjson object; (drawing start, line end) or -1."""
+    if b - a < 2 or buf[a] != 123 or buf[b - 1] != 125:
+        return -1, -1
+    ki = _find(buf, a, b, _K_KEY)
+    di = _find(buf, a, b, _K_DR)
+    if ki < 0 or di < 0:
+        return -1, -1
+    kj = ki
+    if kj < b and buf[kj] == 34:  # "123" or 123
+        kj += 1
+        while kj < b and buf[kj] != 34:
+            kj += 1
+        kj += 1
+    else:
+        while kj < b and 48 <= buf[kj] <= 57:
+            kj += 1
+    kv = _int_field(buf, ki, kj)
+    if kv < 0:
+        return -1, -1
+    key[r] = kv
+    ci = _find(buf, a, b, _K_CC)
+    if ci >= 0:
+        if buf[ci] != 34:
+            return -1, -1
+        j = ci + 1
+        while j < b and buf[j] != 34 and j - ci - 1 < 3:
+            j += 1
+        if j - ci - 1 > 2 or buf[j] != 34:
+            return -1, -1
+        for q in range(j - ci - 1):
+            country[r, q] = buf[ci + 1 + q]
+    gi = _find(buf, a, b, _K_REC)
+    if gi >= 0:
+        if buf[gi] == 116:  # true
+            rec[r] = 1
+        elif buf[gi] == 102:  # false
+            rec[r] = 0
+        else:
+            return -1, -1
+    return di, b
+
+
+@njit(cache=True)
 def parse_rows(buf, starts, ends, fmt, cols, vals, slen, nstrokes, dims, key, country, rec, status):
     """Parse rows [starts[r], ends[r]) of buf; fill per-point, per-stroke and per-row outputs.
 
@@ -220,10 +294,6 @@ def parse_rows(buf, starts, ends, fmt, cols, vals, slen, nstrokes, dims, key, co
     s = 0
     fs = np.zeros(16, np.int64)
     fe = np.zeros(16, np.int64)
-    k_rec = np.array([114, 101, 99, 111, 103, 110, 105, 122, 101, 100], np.uint8)  # recognized
-    k_key = np.array([107, 101, 121, 95, 105, 100], np.uint8)  # key_id
-    k_cc = np.array([99, 111, 117, 110, 116, 114, 121, 99, 111, 100, 101], np.uint8)  # countrycode
-    k_dr = np.array([100, 114, 97, 119, 105, 110, 103], np.uint8)  # drawing
     for r in range(len(starts)):
         a, b = starts[r], ends[r]
         while b > a and (buf[b - 1] == 13 or buf[b - 1] == 32):
@@ -234,70 +304,16 @@ def parse_rows(buf, starts, ends, fmt, cols, vals, slen, nstrokes, dims, key, co
         country[r, 0] = 0
         country[r, 1] = 0
         if fmt == FMT_CSV:
-            if _csv_fields(buf, a, b, fs, fe) != cols[4]:
-                continue
-            kv = _int_field(buf, fs[cols[1]], fe[cols[1]])
-            if kv < 0:
-                continue
-            key[r] = kv
-            ca, cb = fs[cols[2]], fe[cols[2]]
-            if cb - ca > 2:
-                continue
-            for j in range(cb - ca):
-                country[r, j] = buf[ca + j]
-            if cols[3] >= 0:
-                ra, rb = fs[cols[3]], fe[cols[3]]
-                if rb - ra == 4 and buf[ra] == 84:  # True
-                    rec[r] = 1
-                elif rb - ra == 5 and buf[ra] == 70:  # False
-                    rec[r] = 0
-                else:
-                    continue
-            da, db = fs[cols[0]], fe[cols[0]]
+            da, db = _csv_meta(buf, a, b, cols, fs, fe, key, country, rec, r)
         else:
-            if b - a < 2 or buf[a] != 123 or buf[b - 1] != 125:
-                continue
-            ki = _find(buf, a, b, k_key)
-            di = _find(buf, a, b, k_dr)
-            if ki < 0 or di < 0:
-                continue
-            kj = ki
-            if kj < b and buf[kj] == 34:
-                kj += 1
-                while kj < b and buf[kj] != 34:
-                    kj += 1
-                kj += 1
-            else:
-                while kj < b and 48 <= buf[kj] <= 57:
-                    kj += 1
-            kv = _int_field(buf, ki, kj)
-            if kv < 0:
-                continue
-            key[r] = kv
-            ci = _find(buf, a, b, k_cc)
-            if ci >= 0:
-                if buf[ci] != 34:
-                    continue
-                j = ci + 1
-                while j < b and buf[j] != 34 and j - ci - 1 < 3:
-                    j += 1
-                if j - ci - 1 > 2 or buf[j] != 34:
-                    continue
-                for q in range(j - ci - 1):
-                    country[r, q] = buf[ci + 1 + q]
-            gi = _find(buf, a, b, k_rec)
-            if gi >= 0:
-                if buf[gi] == 116:
-                    rec[r] = 1
-                elif buf[gi] == 102:
-                    rec[r] = 0
-                else:
-                    continue
-            da, db = di, b
+            da, db = _ndjson_meta(buf, a, b, key, country, rec, r)
+        if da < 0:
+            continue
         nxt, p2, s2, d, ok = _drawing(buf, da, db, vals, p, slen, s)
         if not ok:
             continue
         nxt = _skip_ws(buf, nxt, db)
+        # a CSV drawing field ends at its closing quote; an ndjson drawing is followed by ',' or '}'
         if fmt == FMT_CSV and nxt != db:
             continue
         if fmt == FMT_NDJSON and not (nxt < db and (buf[nxt] == 44 or buf[nxt] == 125)):
