@@ -104,7 +104,7 @@ def _check_settings(out: Path, settings: dict) -> None:
         path.write_text(json.dumps(settings))
 
 
-def prepare(args: PrepareOptions, source: Path) -> dict:
+def prepare(args: PrepareOptions, source: Path, name: str | None = None) -> dict:
     out = Path(args.output)
     if args.test and not args.no_test and not Path(args.test).is_file():  # before packing, not after
         raise ValueError(f"{args.test}: no such test CSV")
@@ -112,7 +112,8 @@ def prepare(args: PrepareOptions, source: Path) -> dict:
     files = _select_classes(layout.files, args.classes)
     kind = sniff_kind(layout)
     classes = sorted(files)  # Python's sorted(): case-sensitive codepoint order, documented in qdraw/store.py
-    settings = {"version": FORMAT_VERSION, "input": str(source), "kind": kind, "classes": classes,
+    # name: what the input is when source is a temporary folder (the synthetic set), so reruns compare equal
+    settings = {"version": FORMAT_VERSION, "input": name or str(source), "kind": kind, "classes": classes,
                 "block_size": args.block_size, "val_every": args.val_every, "max_per_class": args.max_per_class}
     _check_settings(out, settings)
     work = partial(_pack_one, layout=layout, kind=kind, out=out, args=args)
@@ -124,7 +125,7 @@ def prepare(args: PrepareOptions, source: Path) -> dict:
     test = None if args.no_test else Path(args.test) if args.test else source.parent / f"test_{kind}.csv"
     test_stats = _pack_test(args, out, kind, classes, test) if test and test.is_file() else None
     meta = {"version": FORMAT_VERSION, "kind": kind, "classes": classes, "block_size": args.block_size,
-            "val_every": args.val_every, "layout": layout.name, "source": str(source),
+            "val_every": args.val_every, "layout": layout.name, "source": name or str(source),
             "train_block_sizes": {str(i): stats[c]["train"] for i, c in enumerate(classes)},
             "val_sizes": {str(i): stats[c]["val"] for i, c in enumerate(classes)},
             "test": test_stats}
@@ -165,7 +166,7 @@ def prepare_input(input: str, args: PrepareOptions) -> dict:
         from .synthetic import write_ndjson
         with tempfile.TemporaryDirectory() as src:
             write_ndjson(Path(src), args.synthetic_per_class, seed=args.seed)
-            return prepare(args, Path(src))
+            return prepare(args, Path(src), name=f"synthetic(per_class={args.synthetic_per_class}, seed={args.seed})")
     return prepare(args, Path(input))
 
 
