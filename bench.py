@@ -32,7 +32,10 @@ def get_args_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    importlib.import_module(COMMANDS[args.command]).run(args)
+    try:
+        importlib.import_module(COMMANDS[args.command]).run(args)
+    except (ValueError, OSError) as exc:  # a missing store or file, a bad setting (StoreError is a ValueError)
+        raise SystemExit(f"error: {exc}") from None
 
 
 if __name__ == "__main__":

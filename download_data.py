@@ -177,6 +177,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> None:
     classes = resolve_classes(args.classes)
+    if not args.timeout > 0:
+        raise SystemExit(f"error: --timeout must be > 0 seconds, got {args.timeout}")
+    if urllib.parse.urlsplit(args.base_url).scheme not in ("http", "https", "file"):
+        raise SystemExit(f"error: --base-url {args.base_url!r} must start with http://, https:// or file://")
     out = Path(args.output) if args.output else Path("data/quickdraw") / args.kind
     if out.exists() and not out.is_dir():
         raise SystemExit(f"error: --output {out} is not a folder")

@@ -13,11 +13,14 @@ from __future__ import annotations
 import argparse
 import sys
 from contextlib import ExitStack
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from qdraw.checkpoint import CheckpointError, check_compatible
 from qdraw.dataset import SplitDataset
+from qdraw.distributed import pick_device
 from qdraw.inference import check_encoding, load_model, open_input, predict_probs
 from qdraw.metrics import ranking_metrics
 from qdraw.predictions import balance, write_labels, write_predictions, write_submission
@@ -47,13 +50,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Fail before the model runs, not after: sane loader settings, and every output a file in an existing folder."""
+    if args.batch_size < 1 or args.workers < 0:
+        raise ValueError(f"need --batch-size >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
+    for flag, path in (("--output", args.output), ("--submission", args.submission),
+                       ("--labels-output", args.labels_output)):
+        if path and (Path(path).is_dir() or not Path(path).resolve().parent.is_dir()):
+            raise ValueError(f"{flag} {path}: not a file name in an existing folder")
+
+
 def main(args: argparse.Namespace) -> None:
-    if not (args.output or args.submission or args.labels_output):
-        print("note: no --output or --submission given; only metrics are printed", file=sys.stderr)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
-    amp = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp] if device.type == "cuda" else None
     try:
+        _check_outputs(args)
+        device = pick_device(args.device)
+        amp = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp] if device.type == "cuda" else None
         model, ckpt = load_model(args.checkpoint, device)
         classes = list(ckpt["classes"])
         with ExitStack() as stack:
@@ -62,6 +73,8 @@ def main(args: argparse.Namespace) -> None:
             check_encoding(ckpt, store, args.input)
             ds = SplitDataset(store, split, ckpt["encoding"], image_size=ckpt["image_size"],
                               line_width=ckpt["config"].get("line_width"))
+            if not (args.output or args.submission or args.labels_output):  # said before the long part
+                print("note: no --output or --submission given; only metrics are printed", file=sys.stderr)
             probs = predict_probs(model, ds, device, args.batch_size, args.workers, tta=args.tta, amp_dtype=amp,
                                   progress=not args.quiet)
     except (CheckpointError, StoreError, ValueError, OSError) as exc:
@@ -73,6 +86,15 @@ def main(args: argparse.Namespace) -> None:
     if labelled.any():
         m = ranking_metrics(probs[labelled], ds.labels[labelled])
         print(f"MAP@3 {m['map3']:.4f}  top-1 {m['top1']:.4f}  top-3 {m['top3']:.4f}  ({int(labelled.sum())} labelled)")
+    try:  # each file is written to a temporary name and renamed: a failure or a kill leaves no partial file
+        _write_outputs(args, ds, probs, classes, labelled)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"error: cannot write output: {exc}") from None
+
+
+def _write_outputs(args: argparse.Namespace, ds: SplitDataset, probs: np.ndarray, classes: list[str],
+                   labelled: np.ndarray) -> None:
+    """The prediction CSV, the submission and the labels file that were asked for, in that order."""
     if args.output:
         write_predictions(args.output, ds.key_ids, probs, classes)
         print(f"predictions written to {args.output}")

@@ -37,6 +37,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> None:
     if args.block_size < 1 or args.val_every < 2:
         raise SystemExit("error: --block-size must be >= 1 and --val-every >= 2")
+    if (args.max_per_class is not None and args.max_per_class < 1) or args.synthetic_per_class < 1:
+        raise SystemExit("error: --max-per-class and --synthetic-per-class must be >= 1")
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise SystemExit(f"error: --output {args.output} is a file, not a folder")
     opts = PrepareOptions(**{f.name: getattr(args, f.name) for f in fields(PrepareOptions)})
     try:
         result = prepare_input(args.input, opts)

@@ -20,7 +20,7 @@ from typing import BinaryIO
 import orjson
 
 from qdraw.simplify import simplify_drawing, to_google_lists
-from qdraw.strokes import parse_drawing
+from qdraw.strokes import loads_json, parse_drawing
 
 
 @dataclass
@@ -68,7 +68,7 @@ def simplify_record(line: bytes) -> dict:
         ValueError: the line is not a JSON object with a valid ``drawing`` (DrawingError is a ValueError).
     """
     try:
-        record = orjson.loads(line)
+        record = loads_json(line)
     except orjson.JSONDecodeError as exc:
         raise ValueError("bad JSON") from exc
     if not isinstance(record, dict) or "drawing" not in record:
@@ -89,7 +89,7 @@ def load_reference(files: list[Path]) -> dict[str, bytes]:
         with open(path, "rb") as f:
             for line in f:
                 try:
-                    record = orjson.loads(line)
+                    record = loads_json(line)
                     ref[str(record["key_id"])] = orjson.dumps(record["drawing"])
                 except (orjson.JSONDecodeError, KeyError, TypeError):
                     continue
@@ -128,11 +128,15 @@ def convert(files: list[Path], output: Path, reference: dict[str, bytes] | None 
     """Write the simplified ndjson atomically: a temporary file next to ``output``, renamed only once complete."""
     if not output.parent.is_dir():
         raise SystemExit(f"error: output folder not found: {output.parent}")
+    if output.is_dir():
+        raise SystemExit(f"error: output {output} is a folder; give a file name")
     tmp = output.with_name(output.name + ".tmp")
     try:
         with open(tmp, "wb") as out:
             counts = process(files, out, reference)
         os.replace(tmp, output)
+    except OSError as exc:  # disk full, no permission: the previous output, if any, is untouched
+        raise SystemExit(f"error: cannot write {output}: {exc.strerror or exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
     return counts

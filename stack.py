@@ -76,6 +76,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--folds must be 0 (use --holdout) or at least 2")
     if not args.folds and not 0 < args.holdout < 1:
         parser.error("--holdout must be a fraction in (0, 1)")
+    if args.rounds < 1 or args.early_stopping < 1 or args.num_leaves < 2 or args.min_data_in_leaf < 0:
+        parser.error("need --rounds >= 1, --early-stopping >= 1, --num-leaves >= 2 and --min-data-in-leaf >= 0")
+    if not args.lr > 0 or args.threads < 0:
+        parser.error("need --lr > 0 and --threads >= 0")
+    for flag, path in (("--output", args.output), ("--save-probs", args.save_probs), ("--model-out", args.model_out)):
+        if path and not Path(path).resolve().parent.is_dir():
+            parser.error(f"{flag} {path}: no such folder {Path(path).parent}")
     return args
 
 
@@ -241,9 +248,15 @@ def main(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: {e}") from None
     test = _load(args.test, "--test", classes) if args.test else None
 
+    if len(labels) < max(2, args.folds):
+        raise SystemExit(f"error: {len(labels)} labelled drawings cannot be split for training and "
+                         f"{f'{args.folds} folds' if args.folds else 'a holdout'}")
     splits = make_splits(len(labels), args.holdout, args.folds, args.seed)
-    boosters, stacked = fit_stacker(probs, labels, args.top_k, args.entropy, splits, lgb_params(args), args.rounds,
-                                    args.early_stopping)
+    try:
+        boosters, stacked = fit_stacker(probs, labels, args.top_k, args.entropy, splits, lgb_params(args),
+                                        args.rounds, args.early_stopping)
+    except lgb.basic.LightGBMError as e:  # e.g. a held-out part too small for the chosen leaves
+        raise SystemExit(f"error: LightGBM: {e}") from None
     held = np.concatenate(splits)
     title = f"{'out-of-fold' if args.folds else 'held-out'} MAP@3 on {len(held)} of {len(labels)} drawings"
     _report(title, args.val, [p[held] for p in probs], stacked, labels[held], args.top_k)

@@ -39,7 +39,7 @@ from qdraw.checkpoint import (
 from qdraw.config import add_config_arg, config_dict, parse_args, resolve_data, write_config
 from qdraw.distributed import DistInfo, all_gather_objects, barrier, cleanup, init_distributed
 from qdraw.engine import StepOptions, evaluate, train_one_epoch
-from qdraw.logs import TensorBoard, plot_curves, setup_logging, update_summary
+from qdraw.logs import TensorBoard, plot_curves, setup_logging, trim_summary, update_summary
 from qdraw.schedule import CosineRestarts
 from qdraw.store import Store, StoreError
 
@@ -131,7 +131,7 @@ def _add_output_args(g: argparse._ArgumentGroup) -> None:
 def _check_args(args: argparse.Namespace) -> None:
     """Reject values no run could use, with one line each (the CLI turns ValueError into 'error: ...')."""
     positive = ("image_size", "epochs", "batch_size", "accum_steps", "period", "line_width", "samples_per_class",
-                "val_per_class")
+                "val_per_class", "clip_grad")
     for key in positive:
         value = getattr(args, key)
         if value is not None and not value > 0:
@@ -232,7 +232,8 @@ def _output_dir(args: argparse.Namespace, is_main: bool) -> Path:
     """The run folder (checked on every rank so all fail together; created and reset by rank 0 only).
 
     A resumed run defaults to the checkpoint's folder and appends to its summary.csv; a fresh run refuses a folder
-    holding an earlier run's last.pth unless --overwrite, and then starts a new summary.csv.
+    holding an earlier run's last.pth unless --overwrite, and then starts a new summary.csv. Temporary checkpoints
+    left by a killed run are removed.
     """
     default = Path(args.resume).parent if args.resume else Path(f"runs/{args.model}-{args.encoding}-{args.image_size}")
     out = Path(args.output) if args.output else default
@@ -243,6 +244,8 @@ def _output_dir(args: argparse.Namespace, is_main: bool) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         if not args.resume:
             (out / "summary.csv").unlink(missing_ok=True)
+        for debris in out.glob(".*.pth.tmp*"):  # a checkpoint a killed run was writing (never read: hidden name)
+            debris.unlink(missing_ok=True)
     return out
 
 
@@ -293,9 +296,9 @@ def _wrap(model: nn.Module, args: argparse.Namespace, info: DistInfo) -> tuple[n
 
 
 def main(args: argparse.Namespace) -> None:
-    info = init_distributed(args.device)
-    setup_logging(info.is_main)
     try:
+        info = init_distributed(args.device)
+        setup_logging(info.is_main)
         _check_args(args)
         lr_at = CosineRestarts(args.lr, args.period, args.t_mult, args.min_lr, args.warmup_epochs, args.warmup_lr)
         if args.deterministic:
@@ -305,6 +308,8 @@ def main(args: argparse.Namespace) -> None:
         job = _setup(args, info)
         out = _output_dir(args, info.is_main)
         start_epoch, step, best, rng = _resume(args, job, info) if args.resume else (0, 0, -math.inf, None)
+        if args.resume and info.is_main:
+            trim_summary(out / "summary.csv", start_epoch)  # rows a killed run wrote after its last checkpoint
     except (ValueError, StoreError, CheckpointError, OSError) as exc:
         cleanup()
         raise SystemExit(f"error: {exc}") from None
@@ -321,20 +326,26 @@ def main(args: argparse.Namespace) -> None:
         set_rng_state(rng)
     else:
         _seed_all(args.seed + info.rank)
-    val = {"map3": math.nan}
-    for epoch in range(start_epoch, args.epochs):
-        # Pick this epoch's data: dataset.set_epoch (one block per class, a pure function of (seed, epoch)) and
-        # sampler.set_epoch (shuffle and rank shard), both through the loader so persistent workers see it.
-        job.train_loader.set_epoch(epoch)
-        train = train_one_epoch(net, criterion, job.train_loader, job.optimizer, lr_at, info.device, epoch, step,
-                                job.opts)
-        step = int(train["step"])
-        val = evaluate(eval_net, job.val_loader or [], info.device, job.opts.amp_dtype, job.opts.channels_last)
-        is_best = not val["map3"] <= best  # NaN (no validation drawings) counts as best: best.pth = last.pth
-        best = val["map3"] if is_best else best
-        state = _checkpoint(args, job, epoch, step, best)
-        if info.is_main:
-            _save_epoch(out, state, is_best, train, val, tb)
+    val, saved = {"map3": math.nan}, start_epoch - 1
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            # Pick this epoch's data: dataset.set_epoch (one block per class, a pure function of (seed, epoch)) and
+            # sampler.set_epoch (shuffle and rank shard), both through the loader so persistent workers see it.
+            job.train_loader.set_epoch(epoch)
+            train = train_one_epoch(net, criterion, job.train_loader, job.optimizer, lr_at, info.device, epoch,
+                                    step, job.opts)
+            step = int(train["step"])
+            val = evaluate(eval_net, job.val_loader or [], info.device, job.opts.amp_dtype, job.opts.channels_last)
+            is_best = not val["map3"] <= best  # NaN (no validation drawings) counts as best: best.pth = last.pth
+            best = val["map3"] if is_best else best
+            state = _checkpoint(args, job, epoch, step, best)
+            if info.is_main:
+                _save_epoch(out, state, is_best, train, val, tb)
+            saved = epoch
+    except (StoreError, OSError) as exc:  # a damaged block met mid-run (maybe in a loader worker), a full disk
+        cleanup()
+        kept = f"; {out / 'last.pth'} holds epoch {saved}, continue with --resume" if saved >= 0 else ""
+        raise SystemExit(f"error: {_last_line(exc)}{kept}") from None
     if info.is_main:
         _finish(out, tb, val, best)
     cleanup()
@@ -342,19 +353,31 @@ def main(args: argparse.Namespace) -> None:
 
 def _save_epoch(out: Path, state: dict, is_best: bool, train: dict[str, float], val: dict[str, float],
                 tb: TensorBoard) -> None:
-    """Checkpoints, the summary.csv row and TensorBoard scalars of one finished epoch (rank 0 only)."""
+    """The summary.csv row, checkpoints and TensorBoard scalars of one finished epoch (rank 0 only).
+
+    Order matters for a kill at any point: the row comes first (a resume trims rows past its checkpoint), and a best
+    epoch is saved as best.pth before last.pth links to it, so best.pth is never older than last.pth's best_metric.
+    """
     epoch = state["epoch"]
-    save_checkpoint(state, out / "last.pth")
-    if is_best:
-        copy_checkpoint(out / "last.pth", out / "best.pth")
     row = {"epoch": epoch, "step": int(train["step"]), "lr": train["lr"], "train_loss": train["loss"],
            "val_loss": val["loss"], "val_top1": val["top1"], "val_top3": val["top3"], "val_map3": val["map3"],
            "images_per_s": train["images_per_s"], "epoch_s": train["seconds"]}
     update_summary(out / "summary.csv", row)
+    if is_best:
+        save_checkpoint(state, out / "best.pth")
+        copy_checkpoint(out / "best.pth", out / "last.pth")
+    else:
+        save_checkpoint(state, out / "last.pth")
     tb.log({f"train/{k}": train[k] for k in ("loss", "lr", "images_per_s")} |
            {f"val/{k}": val[k] for k in ("loss", "top1", "top3", "map3")}, epoch)
     log.info("epoch %d: train loss %.4f, val loss %.4f, top-1 %.4f, MAP@3 %.4f (%.0f img/s)%s", epoch, train["loss"],
              val["loss"], val["top1"], val["map3"], train["images_per_s"], " *best*" if is_best else "")
+
+
+def _last_line(exc: BaseException) -> str:
+    """An exception's message on one line: a DataLoader worker's error arrives with the worker's whole traceback."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[-1].split(": ", 1)[-1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
 
 
 def _finish(out: Path, tb: TensorBoard, val: dict[str, float], best: float) -> None:

@@ -103,6 +103,8 @@ def main(args: argparse.Namespace) -> None:
         check_geometry(args.size, args.line_width)
         if args.n < 1:
             raise ValueError(f"--n must be >= 1, got {args.n}")
+        if not Path(args.output).resolve().parent.is_dir():
+            raise ValueError(f"--output {args.output}: no such folder {Path(args.output).parent}")
         split = args.split
         if split == "val" and not any(store.val_blocks(c) for c in range(store.num_classes)):
             split = "train"
@@ -110,7 +112,10 @@ def main(args: argparse.Namespace) -> None:
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     labels = [store.classes[lab] if lab >= 0 else f"key {key}" for lab, key in zip(block.label, block.key_id)]
-    save_grid(panels(block, encodings, args.size, args.line_width), labels, Path(args.output))
+    try:
+        save_grid(panels(block, encodings, args.size, args.line_width), labels, Path(args.output))
+    except (OSError, ValueError) as exc:  # ValueError: matplotlib knows no format for the file's extension
+        raise SystemExit(f"error: cannot write {args.output}: {exc}") from None
     print(f"wrote {args.output}: {len(labels)} {split} drawings x {', '.join(e.name for e in encodings)}")
 
 

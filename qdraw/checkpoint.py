@@ -16,6 +16,7 @@ import pickle
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -86,15 +87,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch's message is a page of advice; keep the line that names the offending global.
-        why = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        raise CheckpointError(f"{path}: refused by torch.load(weights_only=True): it holds a pickled object "
-                              f"({why.group(1) if why else 'not a tensor or plain type'}), not a checkpoint "
-                              f"this code wrote") from exc
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({exc})") from exc
+        with warnings.catch_warnings():  # garbage bytes can look like an odd pickle protocol: one error, no warning
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        # Random and truncated files make the restricted unpickler raise KeyError, IndexError, RuntimeError, ...;
+        # all mean the same thing here, and none can have run foreign code (weights_only=True).
+        raise CheckpointError(f"{path}: {_load_failure(exc)}") from exc
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: not a training checkpoint (a {type(ckpt).__name__}, expected a dict)")
     if ckpt.get("version") != CHECKPOINT_VERSION:
@@ -103,7 +102,42 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    _check_fields(ckpt, path)
     return ckpt
+
+
+def _load_failure(exc: Exception) -> str:
+    """One line for why torch.load(weights_only=True) failed; torch's own message is a page of advice."""
+    text = str(exc)
+    # "Unsupported global: GLOBAL argparse.Namespace", or "unsupported GLOBAL posix.system whose module posix is
+    # blocked" (os.system: the payload of a malicious file)
+    refused = re.search(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)", text)
+    if isinstance(exc, pickle.UnpicklingError) and refused:
+        return (f"refused by torch.load(weights_only=True): it holds a pickled object ({refused.group(1)}), not a "
+                f"checkpoint this code wrote")
+    reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln]
+    detail = reason.group(1) if reason else lines[0] if lines else text.strip().split("\n")[0] or "no detail"
+    return f"unreadable checkpoint ({type(exc).__name__}: {detail})"
+
+
+def _check_fields(ckpt: dict, path: Path) -> None:
+    """The fields predict.py and a resume rely on must agree: class list, class counts, encoding, image size."""
+    classes, model_args = ckpt["classes"], ckpt["model_args"]
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes) or not classes:
+        raise CheckpointError(f"{path}: 'classes' must be a non-empty list of names")
+    counts = {"num_classes": ckpt.get("num_classes", len(classes)),
+              "model_args['num_classes']": model_args.get("num_classes") if isinstance(model_args, dict) else None}
+    for key, n in counts.items():
+        if n != len(classes):
+            raise CheckpointError(f"{path}: {key} is {n!r} but the checkpoint lists {len(classes)} classes")
+    if not isinstance(ckpt["encoding"], str):
+        raise CheckpointError(f"{path}: 'encoding' must be a name, got {ckpt['encoding']!r}")
+    size = ckpt["image_size"]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise CheckpointError(f"{path}: 'image_size' must be a positive integer, got {size!r}")
+    if not isinstance(ckpt["config"], dict):
+        raise CheckpointError(f"{path}: 'config' must be a dict")
 
 
 def check_compatible(ckpt: dict, classes: list[str] | None = None, encoding: str | None = None,

@@ -39,7 +39,13 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
         if not torch.cuda.is_available():
             raise ValueError("--device cuda asked but CUDA is not available")
         return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        raise ValueError(f"--device {name} asked but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def init_distributed(device: str = "auto") -> DistInfo:

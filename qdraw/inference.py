@@ -5,6 +5,7 @@ train mode, with BatchNorm's batch statistics); nothing from the training YAML i
 """
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from contextlib import ExitStack
@@ -14,10 +15,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint
 from .dataset import SplitDataset, create_loader, get_encoding, to_model_input
 from .prepare import pack_eval_input
 from .store import Store
+
+log = logging.getLogger(__name__)
 
 
 def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
@@ -25,8 +28,20 @@ def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module,
     import models  # top-level registry; imported here so qdraw stays importable without the model zoo
 
     ckpt = load_checkpoint(path)
-    model = models.create_model(ckpt["arch"], **ckpt["model_args"])
-    model.load_state_dict(ckpt["model"])
+    try:
+        model = models.create_model(ckpt["arch"], **ckpt["model_args"])
+    except TypeError as exc:
+        raise CheckpointError(f"{path}: model_args {ckpt['model_args']} do not fit {ckpt['arch']} ({exc})") from exc
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:  # torch lists every mismatched tensor; the first one says enough
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or ["mismatch"]
+        first = lines[min(1, len(lines) - 1)]
+        if len(first) > 160:
+            cut = first.rfind(", ", 0, 160)
+            first = first[:cut if cut > 0 else 160] + ", ..."
+        raise CheckpointError(f"{path}: weights do not fit a {ckpt['arch']} with {ckpt['model_args']} "
+                              f"({first})") from exc
     return model.to(device).eval(), ckpt
 
 
@@ -46,7 +61,11 @@ def open_input(source: str | Path, classes: list[str], split: str | None, stack:
     if split not in (None, "test"):
         raise ValueError(f"--split {split} needs a prepared store; {source} is a file or a folder of drawings")
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="predict-")))
-    pack_eval_input(source, tmp / "store", classes)
+    stats = pack_eval_input(source, tmp / "store", classes)
+    skipped = dict(stats["skipped"])
+    if skipped:  # a Kaggle submission needs every key_id: say how many rows got no prediction, and why
+        log.warning("warning: %s: %d of %d rows skipped and not predicted (%s)", source, sum(skipped.values()),
+                    stats["read"], ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())))
     return Store(tmp / "store"), "test"
 
 

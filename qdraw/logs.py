@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,33 @@ def update_summary(path: str | Path, row: dict[str, float]) -> None:
         if new:
             writer.writeheader()
         writer.writerow(row)
+
+
+def trim_summary(path: str | Path, before_epoch: int) -> None:
+    """Keep only the complete rows of epochs < before_epoch (atomically): what a resumed run must append to.
+
+    train.py writes an epoch's row before its checkpoint, so a run killed in between, or in the middle of a row,
+    left rows that the resumed run repeats; dropping them here makes the file equal to an uninterrupted run's.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        text = f.read()
+    lines = text.splitlines(keepends=True)
+    if not lines:
+        return
+    header = next(csv.reader([lines[0]]))
+    keep = [lines[0]] if lines[0].endswith("\n") else []
+    for line in lines[1:]:
+        cells = next(csv.reader([line]), [])
+        epoch = _num(cells[0]) if cells else None
+        if line.endswith("\n") and len(cells) == len(header) and isinstance(epoch, float) and epoch < before_epoch:
+            keep.append(line)
+    if "".join(keep) != text:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(keep), newline="")
+        os.replace(tmp, path)
 
 
 def read_summary(path: str | Path) -> list[dict[str, float]]:

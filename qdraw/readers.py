@@ -15,6 +15,8 @@ from typing import Iterator
 
 import orjson
 
+from .strokes import loads_json
+
 # Kaggle rows hold whole drawings in one field; raw drawings exceed csv's default 128 KB field limit.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
@@ -40,7 +42,7 @@ def _lines(path: Path) -> Iterator[str]:
 def ndjson_row(line: str) -> Row:
     """One Google ndjson line → Row (error set when it is not a drawing record)."""
     try:
-        obj = orjson.loads(line)
+        obj = loads_json(line)
         rec = obj.get("recognized")
         return Row(int(obj["key_id"]), obj["drawing"], obj.get("word"), str(obj.get("countrycode") or ""),
                    -1 if rec is None else int(bool(rec)))

@@ -27,6 +27,7 @@ import numpy as np
 SCALE_MAX = 255  # largest coordinate after scaling (Google's simplified drawings fit a 256 x 256 box)
 SPACING = 1.0  # resampling step in scaled pixels
 EPSILON = 2.0  # RDP tolerance in scaled pixels
+_MAX_SPAN = np.finfo(np.float64).max / SCALE_MAX  # larger extents overflow the "multiply first" scaling
 
 
 def _xy(stroke: np.ndarray) -> np.ndarray:
@@ -48,8 +49,11 @@ def normalize(strokes: list[np.ndarray]) -> list[np.ndarray]:
         raise ValueError("drawing has no strokes")
     xy = [_xy(s) for s in strokes]
     low = np.min([s.min(axis=0) for s in xy], axis=0)
-    xy = [s - low for s in xy]
+    with np.errstate(over="ignore", invalid="ignore"):  # checked below: an overflow leaves inf
+        xy = [s - low for s in xy]
     high = max(float(s.max()) for s in xy)
+    if not high <= _MAX_SPAN:
+        raise ValueError(f"drawing spans {high:.3g} units; at most {_MAX_SPAN:.3g} can be scaled to 0..{SCALE_MAX}")
     if high == 0:
         return xy
     # multiply first, then divide: a precomputed 255 / high changes last bits, and 5 % of drawings (module docstring)
@@ -113,8 +117,10 @@ def _rdp_keep(x: np.ndarray, y: np.ndarray, starts: np.ndarray, ends: np.ndarray
         ax, ay = x[i][owner], y[i][owner]
         dx, dy = x[j][owner] - ax, y[j][owner] - ay
         px, py = x[idx], y[idx]
-        closed = (dx == 0) & (dy == 0)
-        if closed.any():  # a closed chord (start == end) has no line: use the distance to that point instead
+        # A closed chord (start == end, or so close that its squared length underflows to 0: 1e-162 apart, only in
+        # hostile input) has no line: use the distance to that point instead.
+        closed = dx * dx + dy * dy == 0
+        if closed.any():
             dx, dy = np.where(closed, 1.0, dx), np.where(closed, 0.0, dy)
         dist = np.abs(dx * (ay - py) - dy * (ax - px)) / np.sqrt(dx * dx + dy * dy)
         if closed.any():
@@ -167,7 +173,8 @@ def simplify_drawing(strokes: list[np.ndarray]) -> list[np.ndarray]:
         One int64 (m, 2) array per input stroke, coordinates in 0..255, m >= 2 (a collapsed stroke repeats its point).
 
     Raises:
-        ValueError: no strokes, an empty or misshapen stroke, or non-finite coordinates.
+        ValueError: no strokes, an empty or misshapen stroke, non-finite coordinates, or an extent too large to
+            scale (over ~7e305).
     """
     dense = [resample(s) for s in normalize(strokes)]
     sizes = np.array([len(s) for s in dense])

@@ -199,12 +199,19 @@ class Store:
         meta_path = self.root / "meta.json"
         if not meta_path.is_file():
             raise StoreError(f"{self.root}: not a prepared store (no meta.json); run prepare_data.py first")
-        self.meta = json.loads(meta_path.read_text())
-        if self.meta.get("version") != FORMAT_VERSION:
-            raise StoreError(f"{self.root}: store format version {self.meta.get('version')}, "
-                             f"this code reads {FORMAT_VERSION}; re-run prepare_data.py")
-        self.classes: list[str] = list(self.meta["classes"])
-        self.kind: str = self.meta["kind"]
+        try:
+            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
+            raise StoreError(f"{meta_path}: unreadable ({exc})") from None
+        if not isinstance(self.meta, dict) or self.meta.get("version") != FORMAT_VERSION:
+            version = self.meta.get("version") if isinstance(self.meta, dict) else None
+            raise StoreError(f"{self.root}: store format version {version}, this code reads {FORMAT_VERSION}; "
+                             f"re-run prepare_data.py")
+        classes, kind = self.meta.get("classes"), self.meta.get("kind")
+        if not isinstance(classes, list) or not classes or kind not in ("simplified", "raw"):
+            raise StoreError(f"{meta_path}: needs a non-empty 'classes' list and 'kind' simplified or raw")
+        self.classes: list[str] = list(classes)
+        self.kind: str = kind
 
     @property
     def has_time(self) -> bool:

@@ -11,8 +11,30 @@ import numpy as np
 import orjson
 
 
+# orjson before 3.9.15 recurses without a limit and crashes the process on ~1e6 nested brackets (CVE-2024-27454,
+# measured: a 2 MB line killed prepare_data.py with 3.8.3); later versions stop at 1024 levels. loads_json applies
+# that limit itself, so no installed version can be crashed by a hostile line.
+MAX_JSON_DEPTH = 1024
+
+
 class DrawingError(ValueError):
     """A drawing that cannot be used; the message is a short reason that readers count per class."""
+
+
+def loads_json(text: str | bytes) -> object:
+    """orjson.loads, refusing text nested deeper than MAX_JSON_DEPTH with orjson.JSONDecodeError.
+
+    Brackets are counted as if none stood inside a string, which can only overestimate the depth; the exact count
+    runs only when the text holds more than MAX_JSON_DEPTH opening brackets (a drawing has 3 per stroke).
+    """
+    # surrogatepass: a lone surrogate becomes bytes that orjson refuses, instead of a UnicodeEncodeError here
+    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH:
+        b = np.frombuffer(raw, np.uint8)
+        step = (b == ord("[")).astype(np.int32) + (b == ord("{")) - (b == ord("]")) - (b == ord("}"))
+        if np.cumsum(step).max() > MAX_JSON_DEPTH:
+            raise orjson.JSONDecodeError(f"nested deeper than {MAX_JSON_DEPTH} levels", "", 0)
+    return orjson.loads(raw)
 
 
 def _check_stroke(stroke: object, dims: int | None) -> int:
@@ -55,7 +77,7 @@ def loads_drawing(text: str | bytes) -> list[list[list[float]]]:
             empty strokes, mismatched x/y/t lengths, strokes of mixed dimensions.
     """
     try:
-        drawing = orjson.loads(text)
+        drawing = loads_json(text)
     except orjson.JSONDecodeError as exc:
         raise DrawingError("bad JSON") from exc
     check_drawing(drawing)
@@ -67,9 +89,14 @@ def to_arrays(drawing: list) -> list[np.ndarray]:
     out = []
     for stroke in drawing:
         try:
-            arr = np.array(stroke, dtype=np.float64).T.copy()
-        except (TypeError, ValueError, OverflowError) as exc:
+            arr = np.array(stroke)
+        except (TypeError, ValueError, OverflowError) as exc:  # ragged lists nested inside a coordinate list
             raise DrawingError("non-numeric coordinate") from exc
+        # Only ints and floats: a float64 cast would also take "1", true or [[1]] (a 3-d array that crashed the packer),
+        # and numpy turns booleans among numbers into numbers, so look for those one by one.
+        if arr.ndim != 2 or arr.dtype.kind not in "iuf" or any(type(v) is bool for axis in stroke for v in axis):
+            raise DrawingError("non-numeric coordinate")
+        arr = np.ascontiguousarray(arr.T, dtype=np.float64)
         if not np.isfinite(arr).all():
             raise DrawingError("non-finite coordinate")
         out.append(arr)
