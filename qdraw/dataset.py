@@ -34,25 +34,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 
 from .raster import Sources, check_geometry, check_time, get_encoding, list_encodings, rasterize, warm_up
-from .store import Block, Store, StoreError, read_block
+from .store import Block, Store, StoreError, mix64, read_block
 
 __all__ = ["BalancedBlockDataset", "SplitDataset", "EpochLoader", "build_dataset", "create_loader", "epoch_plan",
            "flip_bits", "get_encoding", "list_encodings", "to_model_input"]
 
 
-def _mix64(z: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser on uint64 arrays (wrapping arithmetic)."""
-    z = z + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
 def flip_bits(seed: int, epoch: int, index: np.ndarray) -> np.ndarray:
     """A fair coin per item, a pure function of (seed, epoch, index): bool array like index."""
     index = np.asarray(index, np.int64).astype(np.uint64)
-    key = _mix64(_mix64(np.full(index.shape, seed, np.uint64)) ^ np.uint64(epoch))
-    return (_mix64(key ^ index) >> np.uint64(63)).astype(bool)
+    key = mix64(mix64(np.full(index.shape, seed, np.uint64)) ^ np.uint64(epoch))
+    return (mix64(key ^ index) >> np.uint64(63)).astype(bool)
 
 
 def default_samples_per_class(block_sizes: list[list[int]]) -> int:

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import fastparse
 from .readers import TEST_COLUMNS, TRAIN_COLUMNS, Row, csv_columns, kaggle_row, ndjson_row, split_csv_line
-from .store import Block, concat_blocks, make_block, write_block
+from .store import Block, concat_blocks, make_block, mix64, write_block
 from .strokes import DrawingError, check_drawing, loads_drawing, to_arrays
 
 CHUNK_BYTES = 4 << 20
@@ -29,12 +29,7 @@ _M64 = np.uint64((1 << 64) - 1)
 def is_validation(key_ids: np.ndarray, val_every: int) -> np.ndarray:
     """Mask of the 1-in-val_every validation drawings: a fixed hash of key_id (splitmix64), so a drawing lands on
     the same side for raw and simplified data and on every rerun, whatever the file order."""
-    with np.errstate(over="ignore"):
-        z = np.asarray(key_ids, np.int64).astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return z % np.uint64(val_every) == 0
+    return mix64(np.asarray(key_ids, np.int64).astype(np.uint64)) % np.uint64(val_every) == 0
 
 
 def normalise(x: np.ndarray, y: np.ndarray, t: np.ndarray | None, pts: np.ndarray, kind: str, skipped: Counter,

@@ -42,6 +42,16 @@ _ALIGN = 64
 FIELDS = ("xy", "t", "strokes", "drawings", "label", "key_id", "country", "recognized")
 
 
+def mix64(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on uint64 arrays (wrapping arithmetic): the fixed hash behind the validation split and
+    the loaders' flips, so both are pure functions of their inputs."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(z, np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
 class StoreError(ValueError):
     """A store or block that is missing, truncated, of another format version or inconsistent."""
 
