@@ -75,11 +75,11 @@ def main(args: argparse.Namespace) -> None:
                               line_width=ckpt["config"].get("line_width"))
             if not (args.output or args.submission or args.labels_output):  # said before the long part
                 print("note: no --output or --submission given; only metrics are printed", file=sys.stderr)
-            probs = predict_probs(model, ds, device, args.batch_size, args.workers, tta=args.tta, amp_dtype=amp,
+            probs, rate = predict_probs(model, ds, device, args.batch_size, args.workers, tta=args.tta, amp_dtype=amp,
                                   progress=not args.quiet)
     except (CheckpointError, StoreError, ValueError, OSError) as exc:
         raise SystemExit(f"error: {exc}") from None
-    print(f"{len(ds)} drawings, {predict_probs.rate:.0f} drawings/s on {device}" + (" (x2 with TTA)" if args.tta else ""))
+    print(f"{len(ds)} drawings, {rate:.0f} drawings/s on {device}" + (" (each drawn twice for TTA)" if args.tta else ""))
     if args.balance:
         probs = balance(probs)
     labelled = ds.labels >= 0
