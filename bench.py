@@ -1,4 +1,5 @@
-"""Benchmarks that print figures measured side by side in one run (never asserted in tests).
+"""Benchmarks that print figures measured side by side in one run (never asserted in tests); the code is in
+benchmarks/, one module per command, each timing the real code paths.
 
     python bench.py prepare --input ../shared/data/quickdraw/kaggle/train_simplified
     python bench.py raster --encoding rgb --size 128 --data data/kaggle_simplified
@@ -13,10 +14,10 @@ import importlib
 # subcommand -> module exposing add_args(parser) and run(args); imported only when chosen, so `bench.py prepare`
 # never pays for torch.
 COMMANDS = {
-    "prepare": "qdraw.bench_prepare",
-    "raster": "qdraw.bench_raster",
-    "models": "qdraw.bench_models",
-    "train": "qdraw.bench_train",
+    "prepare": "benchmarks.bench_prepare",
+    "raster": "benchmarks.bench_raster",
+    "models": "benchmarks.bench_models",
+    "train": "benchmarks.bench_train",
 }
 
 

@@ -2,13 +2,15 @@
 
 Files are matched by key_id and class name (any row or column order), and refused when their key_ids or classes
 differ. The blend is a weighted arithmetic mean or a weighted geometric mean (computed in log space). With labels
-(`--solution`, Kaggle's `key_id,word` CSV) it prints MAP@3 of every input and of the blend, and `--search-weights`
-fits the weights on those labelled (validation) predictions and prints them as a `--weights` string for the test run.
+(`--labels`, Kaggle's `key_id,word` CSV, as predict.py writes it) it prints MAP@3 of every input and of the blend,
+and `--search-weights` fits the weights on those labelled (validation) predictions and prints them as a `--weights`
+string for the test run. `--submission` writes the Kaggle submission, `--preds` the blended prediction CSV (the
+vocabulary of predict.py and stack.py; the older names --output, --save-probs and --solution still work).
 
-    python blend2.py --output sub.csv runs/a/test.csv.gz runs/b/test.csv.gz
-    python blend2.py --search-weights --method gmean --solution runs/a/val_labels.csv \
+    python blend2.py --submission sub.csv runs/a/test.csv.gz runs/b/test.csv.gz
+    python blend2.py --search-weights --method gmean --labels runs/a/val_labels.csv \
         runs/a/val.csv.gz runs/b/val.csv.gz
-    python blend2.py --output sub.csv --method gmean --balance runs/a/test.csv.gz runs/b/test.csv.gz --weights 0.62 0.38
+    python blend2.py --submission sub.csv --method gmean --balance runs/a/test.csv.gz runs/b/test.csv.gz --weights 0.62 0.38
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import logsumexp
 
-from qdraw.metrics import ranking_metrics
+from qdraw.metrics import format_table, ranking_metrics
 from qdraw.predictions import (GMEAN_EPS, align, balance, blend, labels_for, read_labels, read_predictions,
                                write_predictions, write_submission)
 
@@ -33,7 +35,7 @@ def _weight(text: str) -> float:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Blend prediction CSVs into a Kaggle submission", add_help=True)
-    parser.add_argument("preds", nargs="+", help="prediction CSVs (key_id + one probability column per class; .gz ok)")
+    parser.add_argument("inputs", nargs="+", metavar="PREDS", help="prediction CSVs (key_id + one probability column per class; .gz ok)")
     group = parser.add_argument_group("Blend")
     group.add_argument("--method", default="mean", choices=["mean", "gmean"],
                        help="weighted arithmetic mean or geometric mean of probabilities (default: mean)")
@@ -41,16 +43,18 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="one non-negative weight per file, normalised to sum 1; give it after the files or end it "
                             "with -- (default: equal weights)")
     group.add_argument("--search-weights", action="store_true",
-                       help="fit the weights by minimising log-loss on --solution labels and use them (default: off)")
+                       help="fit the weights by minimising log-loss on --labels and use them (default: off)")
     group.add_argument("--balance", action="store_true",
                        help="rescale class probabilities so every class gets equal mass (Sinkhorn); only for sets "
                             "known to be class-balanced, like Kaggle's test set (default: off)")
     group = parser.add_argument_group("Output")
-    group.add_argument("--output", default=None, help="submission CSV to write (key_id,word; default: none)")
-    group.add_argument("--save-probs", default=None, help="also write the blended prediction CSV here (default: none)")
-    group.add_argument("--solution", default=None,
+    group.add_argument("--submission", "--output", dest="submission", default=None,
+                       help="submission CSV to write (key_id,word; --output is its older name; default: none)")
+    group.add_argument("--preds", "--save-probs", dest="preds", default=None,
+                       help="blended prediction CSV to write (--save-probs is its older name; default: none)")
+    group.add_argument("--labels", "--solution", dest="labels", default=None,
                        help="labels CSV (key_id,word) of these drawings: print MAP@3 of each input and of the blend "
-                            "(default: none)")
+                            "(--solution is its older name; default: none)")
     return parser
 
 
@@ -58,16 +62,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check flag combinations; conflicts end in parser.error (usage + message, exit 2)."""
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    if args.weights is not None and len(args.weights) != len(args.preds):
-        parser.error(f"--weights has {len(args.weights)} values for {len(args.preds)} prediction files")
+    if args.weights is not None and len(args.weights) != len(args.inputs):
+        parser.error(f"--weights has {len(args.weights)} values for {len(args.inputs)} prediction files")
     if args.weights is not None and (min(args.weights) < 0 or sum(args.weights) <= 0):
         parser.error("--weights must be non-negative with a positive sum")
-    if args.search_weights and args.solution is None:
-        parser.error("--search-weights needs --solution (labels of the blended drawings)")
+    if args.search_weights and args.labels is None:
+        parser.error("--search-weights needs --labels (labels of the blended drawings)")
     if args.search_weights and args.weights is not None:
         parser.error("--search-weights and --weights exclude each other")
-    if not (args.output or args.save_probs or args.solution):
-        parser.error("nothing to do: give --output, --save-probs or --solution")
+    if not (args.submission or args.preds or args.labels):
+        parser.error("nothing to do: give --submission, --preds or --labels")
     return args
 
 
@@ -107,14 +111,6 @@ def search_weights(probs: list[np.ndarray], labels: np.ndarray, method: str = "m
     return w / w.sum()
 
 
-def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
-    """Small fixed-width table: one line per (name, {"map3","top1","top3"})."""
-    width = max(12, *(len(name) for name, _ in rows))
-    lines = [f"{'':<{width}}  {'MAP@3':>7}  {'top-1':>7}  {'top-3':>7}"]
-    lines += [f"{name:<{width}}  {m['map3']:7.4f}  {m['top1']:7.4f}  {m['top3']:7.4f}" for name, m in rows]
-    return "\n".join(lines)
-
-
 def _load(paths: list[str]) -> list:
     """Read and align the prediction files; any malformed or mismatched file ends the run with one error line."""
     try:
@@ -126,7 +122,7 @@ def _load(paths: list[str]) -> list:
 def _report(args: argparse.Namespace, probs: list[np.ndarray], labels: np.ndarray, blended: np.ndarray,
             final: np.ndarray) -> None:
     """Print MAP@3 / top-1 / top-3 of each input, the equal-weight blend when weights were searched, and the blend."""
-    rows = [(path, ranking_metrics(p, labels)) for path, p in zip(args.preds, probs)]
+    rows = [(path, ranking_metrics(p, labels)) for path, p in zip(args.inputs, probs)]
     if args.search_weights:
         rows.append((f"blend {args.method}, equal weights", ranking_metrics(blend(probs, None, args.method), labels)))
     rows.append((f"blend {args.method}", ranking_metrics(blended, labels)))
@@ -136,15 +132,15 @@ def _report(args: argparse.Namespace, probs: list[np.ndarray], labels: np.ndarra
 
 
 def main(args: argparse.Namespace) -> None:
-    preds = _load(args.preds)
+    preds = _load(args.inputs)
     key_ids, classes = preds[0].key_ids, preds[0].classes
     probs = [p.probs for p in preds]
-    if args.output and len(classes) < 3:
+    if args.submission and len(classes) < 3:
         raise SystemExit(f"error: a submission needs at least 3 classes, the files have {len(classes)}")
     labels = None
-    if args.solution:
+    if args.labels:
         try:
-            labels = labels_for(key_ids, read_labels(args.solution, classes), args.solution)
+            labels = labels_for(key_ids, read_labels(args.labels, classes), args.labels)
         except ValueError as e:
             raise SystemExit(f"error: {e}") from None
     weights = args.weights
@@ -157,11 +153,11 @@ def main(args: argparse.Namespace) -> None:
     if labels is not None:
         _report(args, probs, labels, blended, final)
     try:
-        if args.save_probs:
-            write_predictions(args.save_probs, key_ids, final, classes)
-        if args.output:
-            write_submission(args.output, key_ids, final, classes)
-            print(f"wrote {args.output} ({len(key_ids)} drawings, {len(args.preds)} models, {args.method})")
+        if args.preds:
+            write_predictions(args.preds, key_ids, final, classes)
+        if args.submission:
+            write_submission(args.submission, key_ids, final, classes)
+            print(f"wrote {args.submission} ({len(key_ids)} drawings, {len(args.inputs)} models, {args.method})")
     except OSError as e:
         raise SystemExit(f"error: cannot write output: {e}") from None
 

@@ -23,9 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from qdraw import dataset
-from qdraw.raster import Encoding, level, point_stroke, register_encoding, step_length, stroke_length, stroke_order
-from qdraw.store import Store
+from qdraw.encoding import Encoding, level, point_stroke, register_encoding, step_length, stroke_length, stroke_order
 
 GREY_STEP, GREY_MIN_AT = 13, 10
 
@@ -65,10 +63,3 @@ def rgb_colors(xy: np.ndarray, t: np.ndarray | None, strokes: np.ndarray, drawin
 GREY = register_encoding(Encoding("grey", 1, False, grey_colors, ("stroke order",)))
 RGB = register_encoding(Encoding("rgb", 3, False, rgb_colors, ("stroke order", "along the stroke", "ink")))
 
-
-def build_dataset(store: Store | str, split: str = "train", encoding: str = "rgb",
-                  **kwargs) -> dataset.BalancedBlockDataset | dataset.SplitDataset:
-    """Dataset of a prepared store in a stroke-order encoding ("rgb" or "grey"): a
-    :class:`qdraw.dataset.BalancedBlockDataset` for split="train", else a :class:`qdraw.dataset.SplitDataset`
-    ("val" | "test"); kwargs go to that class (image_size, line_width, seed, samples_per_class, max_per_class, ...)."""
-    return dataset.build_dataset(store, split, encoding, **kwargs)

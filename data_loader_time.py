@@ -25,9 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from qdraw import dataset
-from qdraw.raster import Encoding, level, register_encoding, stroke_length
-from qdraw.store import Store
+from qdraw.encoding import Encoding, level, register_encoding, stroke_length
 
 INK_FLOOR = 55
 SPEED_HALF = 0.2  # frame units per ms: median stroke speed of the raw data (measured on the shared slice)
@@ -76,9 +74,3 @@ def time_colors(xy: np.ndarray, t: np.ndarray | None, strokes: np.ndarray, drawi
 
 TIME = register_encoding(Encoding("time", 3, True, time_colors, ("time", "stroke speed", "pause before")))
 
-
-def build_dataset(store: Store | str, split: str = "train", encoding: str = "time",
-                  **kwargs) -> dataset.BalancedBlockDataset | dataset.SplitDataset:
-    """Dataset of a prepared raw store in the time encoding: a :class:`qdraw.dataset.BalancedBlockDataset` for
-    split="train", else a :class:`qdraw.dataset.SplitDataset` ("val" | "test"); kwargs go to that class."""
-    return dataset.build_dataset(store, split, encoding, **kwargs)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from qdraw.metrics import ranking_metrics
+from qdraw.metrics import format_table, ranking_metrics
 from qdraw.predictions import labels_for, read_labels, read_predictions
 
 REPO = Path(__file__).resolve().parent
@@ -80,7 +80,7 @@ def train_and_predict(args: argparse.Namespace, out: Path, store: Path, encoding
         "--output", str(run_dir), "--overwrite", "--no-progress", "--no-tensorboard")
     pred = run_dir / "val_tta.csv.gz"
     run("predict.py", "--checkpoint", str(run_dir / "last.pth"), "--input", str(store), "--split", "val", "--tta",
-        "--output", str(pred), "--labels-output", str(out / "val_labels.csv"), "--submission",
+        "--preds", str(pred), "--labels", str(out / "val_labels.csv"), "--submission",
         str(run_dir / "submission_val.csv"), "--workers", "1", "--quiet")
     return pred
 
@@ -105,18 +105,16 @@ def main(args: argparse.Namespace) -> None:
         "--synthetic-per-class", str(args.synthetic_per_class))
     preds = {enc: train_and_predict(args, out, store, enc) for enc in encodings}
     blend = out / f"blend_{args.method}_val.csv.gz"
-    run("blend2.py", "--method", args.method, "--output", str(out / "submission.csv"), "--save-probs", str(blend),
-        "--solution", str(out / "val_labels.csv"), *[str(p) for p in preds.values()])
+    run("blend2.py", "--method", args.method, "--submission", str(out / "submission.csv"), "--preds", str(blend),
+        "--labels", str(out / "val_labels.csv"), *[str(p) for p in preds.values()])
     run("visualize.py", "--data", str(store), "--output", str(out / "grid.png"), "--n", "6", "--size", "64")
     labels = out / "val_labels.csv"
     model = yaml.safe_load(Path(args.config).read_text()).get("model", "?")
     rows = [(f"{model} {enc} + TTA", score(p, labels)) for enc, p in preds.items()]
     rows.append((f"blend ({args.method})", score(blend, labels)))
     n = len(read_labels(labels, read_predictions(blend).classes))
-    print(f"\nMAP@3 on the synthetic validation split ({n} drawings, 16 classes; chance {CHANCE_MAP3:.4f}):")
-    print(f"{'model':<32} {'MAP@3':>7} {'top-1':>7}")
-    for name, m in rows:
-        print(f"{name:<32} {m['map3']:>7.4f} {m['top1']:>7.4f}")
+    print("\n" + format_table(rows, title=f"MAP@3 on the synthetic validation split ({n} drawings, 16 classes; "
+                                          f"chance {CHANCE_MAP3:.4f}):"))
     print(f"\ninput pictures: {out / 'grid.png'}")
     for enc in encodings:
         print(f"training curves ({enc}): {out / enc / 'curves.png'}")

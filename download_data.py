@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import os
 import re
 import sys
 import urllib.error
@@ -23,6 +22,8 @@ import urllib.request
 from pathlib import Path
 
 from tqdm import tqdm
+
+from qdraw.atomic import publish
 
 DEFAULT_BASE_URL = "https://storage.googleapis.com/quickdraw_dataset/full"
 KINDS = ("simplified", "raw")
@@ -116,7 +117,7 @@ def download_file(url: str, dest: Path, timeout: float = 60.0, progress: bool = 
                 raise DownloadError(f"HTTP {exc.code} {exc.reason} for {url}") from None
             # 416: nothing after offset. The .part is either complete (rename it) or longer than the file (restart).
             if _range_total(exc.headers.get("Content-Range")) == offset:
-                os.replace(part, dest)
+                publish(part, dest)
                 return "resumed"
             offset = 0
             resp = _open(url, 0, timeout)
@@ -139,7 +140,7 @@ def download_file(url: str, dest: Path, timeout: float = 60.0, progress: bool = 
         raise DownloadError(f"{type(exc).__name__}: {reason} ({url}); rerun to resume") from None
     if expected is not None and size != expected:
         raise DownloadError(f"got {size} of {expected} bytes from {url}; rerun to resume")
-    os.replace(part, dest)
+    publish(part, dest)
     return "resumed" if offset else "downloaded"
 
 

@@ -4,9 +4,14 @@ submission (top-3 words), and MAP@3 / top-1 / top-3 when the input has labels.
 The model is rebuilt from the checkpoint alone. Input: a Kaggle test CSV (simplified or raw, matching the
 checkpoint's encoding), a prepared store (its test split, or --split val), or a folder of <word>.ndjson files.
 
-    python predict.py --checkpoint runs/demo/best.pth --input data/synthetic --split val --output preds_val.csv
+    python predict.py --checkpoint runs/demo/best.pth --input data/synthetic --split val --preds preds_val.csv \\
+        --labels val_labels.csv
     python predict.py --checkpoint runs/r34/best.pth --input ../shared/data/quickdraw/kaggle/test_simplified.csv \\
-        --output preds.csv.gz --submission sub.csv --tta --balance
+        --preds preds.csv.gz --submission sub.csv --tta --balance
+
+Second-stage vocabulary (shared with blend2.py and stack.py): --preds is the prediction CSV a script writes,
+--submission the Kaggle submission it writes, --labels the key_id,word labels file (written here, read there).
+The older names --output and --labels-output still work.
 """
 from __future__ import annotations
 
@@ -18,11 +23,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qdraw.checkpoint import CheckpointError, check_compatible
+import data_loader_rgb  # noqa: F401  (registers the grey and rgb encodings)
+import data_loader_time  # noqa: F401  (registers the time encoding)
+import models  # noqa: F401  (registers the architectures a checkpoint names)
+from qdraw.checkpoint import CheckpointError, check_compatible, raster_spec
 from qdraw.dataset import SplitDataset
 from qdraw.distributed import pick_device
-from qdraw.inference import check_encoding, load_model, open_input, predict_probs
-from qdraw.metrics import ranking_metrics
+from qdraw.encoding import check_time
+from qdraw.inference import load_model, open_input, predict_probs
+from qdraw.metrics import format_table, ranking_metrics
 from qdraw.predictions import balance, write_labels, write_predictions, write_submission
 from qdraw.store import StoreError
 
@@ -34,9 +43,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="Kaggle test CSV, prepared store folder, or folder of .ndjson")
     p.add_argument("--split", choices=["val", "test"], default=None,
                    help="split of a prepared store (default: test when it has one, else val)")
-    p.add_argument("--output", default=None, help="prediction CSV to write (.csv or .csv.gz)")
-    p.add_argument("--submission", default=None, help="Kaggle submission CSV to write (key_id,word)")
-    p.add_argument("--labels-output", default=None, help="write the input's labels as key_id,word (for stack.py)")
+    p.add_argument("--preds", "--output", dest="preds", default=None,
+                   help="prediction CSV to write (.csv or .csv.gz; --output is its older name; default: none)")
+    p.add_argument("--submission", default=None, help="Kaggle submission CSV to write (key_id,word; default: none)")
+    p.add_argument("--labels", "--labels-output", dest="labels", default=None,
+                   help="write the input's labels as key_id,word, for blend2.py / stack.py (--labels-output is its "
+                   "older name; default: none)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False,
                    help="average with the horizontally flipped drawings (default off)")
     p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=False,
@@ -54,8 +66,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
     """Fail before the model runs, not after: sane loader settings, and every output a file in an existing folder."""
     if args.batch_size < 1 or args.workers < 0:
         raise ValueError(f"need --batch-size >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
-    for flag, path in (("--output", args.output), ("--submission", args.submission),
-                       ("--labels-output", args.labels_output)):
+    for flag, path in (("--preds", args.preds), ("--submission", args.submission), ("--labels", args.labels)):
         if path and (Path(path).is_dir() or not Path(path).resolve().parent.is_dir()):
             raise ValueError(f"{flag} {path}: not a file name in an existing folder")
 
@@ -70,11 +81,11 @@ def main(args: argparse.Namespace) -> None:
         with ExitStack() as stack:
             store, split = open_input(args.input, classes, args.split, stack)
             check_compatible(ckpt, classes=store.classes)
-            check_encoding(ckpt, store, args.input)
-            ds = SplitDataset(store, split, ckpt["encoding"], image_size=ckpt["image_size"],
-                              line_width=ckpt["config"].get("line_width"))
-            if not (args.output or args.submission or args.labels_output):  # said before the long part
-                print("note: no --output or --submission given; only metrics are printed", file=sys.stderr)
+            spec = raster_spec(ckpt)
+            check_time(spec.encoding, store.has_time, args.input)
+            ds = SplitDataset(store, split, spec.encoding, image_size=spec.image_size, line_width=spec.line_width)
+            if not (args.preds or args.submission or args.labels):  # said before the long part
+                print("note: no --preds or --submission given; only metrics are printed", file=sys.stderr)
             probs, rate = predict_probs(model, ds, device, args.batch_size, args.workers, tta=args.tta, amp_dtype=amp,
                                   progress=not args.quiet)
     except (CheckpointError, StoreError, ValueError, OSError) as exc:
@@ -84,8 +95,9 @@ def main(args: argparse.Namespace) -> None:
         probs = balance(probs)
     labelled = ds.labels >= 0
     if labelled.any():
-        m = ranking_metrics(probs[labelled], ds.labels[labelled])
-        print(f"MAP@3 {m['map3']:.4f}  top-1 {m['top1']:.4f}  top-3 {m['top3']:.4f}  ({int(labelled.sum())} labelled)")
+        rows = [(f"{Path(args.checkpoint).name}{' + TTA' if args.tta else ''}",
+                 ranking_metrics(probs[labelled], ds.labels[labelled]))]
+        print(format_table(rows, title=f"{int(labelled.sum())} labelled drawings"))
     try:  # each file is written to a temporary name and renamed: a failure or a kill leaves no partial file
         _write_outputs(args, ds, probs, classes, labelled)
     except (OSError, ValueError) as exc:
@@ -95,17 +107,17 @@ def main(args: argparse.Namespace) -> None:
 def _write_outputs(args: argparse.Namespace, ds: SplitDataset, probs: np.ndarray, classes: list[str],
                    labelled: np.ndarray) -> None:
     """The prediction CSV, the submission and the labels file that were asked for, in that order."""
-    if args.output:
-        write_predictions(args.output, ds.key_ids, probs, classes)
-        print(f"predictions written to {args.output}")
+    if args.preds:
+        write_predictions(args.preds, ds.key_ids, probs, classes)
+        print(f"predictions written to {args.preds}")
     if args.submission:
         write_submission(args.submission, ds.key_ids, probs, classes)
         print(f"submission written to {args.submission}")
-    if args.labels_output:
+    if args.labels:
         if not labelled.all():
             raise SystemExit(f"error: {args.input} is not fully labelled; no labels file written")
-        write_labels(args.labels_output, ds.key_ids, ds.labels, classes)
-        print(f"labels written to {args.labels_output}")
+        write_labels(args.labels, ds.key_ids, ds.labels, classes)
+        print(f"labels written to {args.labels}")
 
 
 if __name__ == "__main__":

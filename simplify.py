@@ -11,7 +11,6 @@ replaced by the simplified one (``qdraw.simplify.simplify_drawing``). Bad lines 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import BinaryIO
 
 import orjson
 
+from qdraw.atomic import atomic_write
 from qdraw.simplify import simplify_drawing, to_google_lists
 from qdraw.strokes import loads_json, parse_drawing
 
@@ -125,20 +125,16 @@ def agreement(raw: Path, simplified: Path) -> Counts:
 
 
 def convert(files: list[Path], output: Path, reference: dict[str, bytes] | None = None) -> Counts:
-    """Write the simplified ndjson atomically: a temporary file next to ``output``, renamed only once complete."""
+    """Write the simplified ndjson atomically (qdraw.atomic: a hidden temporary file, renamed once complete)."""
     if not output.parent.is_dir():
         raise SystemExit(f"error: output folder not found: {output.parent}")
     if output.is_dir():
         raise SystemExit(f"error: output {output} is a folder; give a file name")
-    tmp = output.with_name(output.name + ".tmp")
     try:
-        with open(tmp, "wb") as out:
+        with atomic_write(output) as out:
             counts = process(files, out, reference)
-        os.replace(tmp, output)
     except OSError as exc:  # disk full, no permission: the previous output, if any, is untouched
         raise SystemExit(f"error: cannot write {output}: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return counts
 
 

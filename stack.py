@@ -6,12 +6,14 @@ top-1, mean/max/std probability across models, how many models put it first or i
 on the drawing). A LightGBM ranker (lambdarank, one query per drawing) or binary classifier learns on labelled
 validation predictions, early-stopped on a held-out part (or k folds) where MAP@3 of the stacker is reported next to
 every single model and their mean blend; then it scores the test predictions and writes the submission.
-Give the files of each model in the same order in --val and --test.
+Give the files of each model in the same order in --val and --test. `--submission` writes the Kaggle submission,
+`--preds` the stacker's prediction CSV (the vocabulary of predict.py and blend2.py; the older names --output and
+--save-probs still work).
 
     python stack.py --val runs/a/val.csv.gz runs/b/val.csv.gz --labels runs/a/val_labels.csv \
-        --test runs/a/test.csv.gz runs/b/test.csv.gz --output sub_stack.csv
+        --test runs/a/test.csv.gz runs/b/test.csv.gz --submission sub_stack.csv
     python stack.py --val a_val.csv.gz b_val.csv.gz c_val.csv.gz --labels val_labels.csv --test a.csv.gz b.csv.gz \
-        c.csv.gz --output sub.csv --folds 5 --top-k 5 --save-probs stack_test.csv.gz --model-out stack.txt
+        c.csv.gz --submission sub.csv --folds 5 --top-k 5 --preds stack_test.csv.gz --model-out stack.txt
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 
-from qdraw.metrics import ranking_metrics, top_k
+from qdraw.metrics import format_table, ranking_metrics, top_k
 from qdraw.predictions import (Predictions, align, blend, labels_for, read_labels, read_predictions,
                                write_predictions, write_submission)
 
@@ -53,10 +55,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument("--threads", type=int, default=0, help="LightGBM threads (default: 0 = all cores)")
     group.add_argument("--seed", type=int, default=0, help="split and LightGBM seed (default: 0)")
     group = parser.add_argument_group("Output")
-    group.add_argument("--output", default=None, help="submission CSV for the test drawings (default: none)")
-    group.add_argument("--save-probs", default=None,
+    group.add_argument("--submission", "--output", dest="submission", default=None,
+                       help="submission CSV for the test drawings (--output is its older name; default: none)")
+    group.add_argument("--preds", "--save-probs", dest="preds", default=None,
                        help="test prediction CSV of the stacker: softmax of its scores over each drawing's "
-                            "candidates, 0 elsewhere (default: none)")
+                            "candidates, 0 elsewhere (--save-probs is its older name; default: none)")
     group.add_argument("--model-out", default=None,
                        help="LightGBM model text file; with --folds, one file per fold (.foldI) (default: none)")
     return parser
@@ -68,8 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.test is not None and len(args.test) != len(args.val):
         parser.error(f"--test has {len(args.test)} files for {len(args.val)} --val files (one per model, same order)")
-    if (args.output or args.save_probs) and args.test is None:
-        parser.error("--output and --save-probs need --test")
+    if (args.submission or args.preds) and args.test is None:
+        parser.error("--submission and --preds need --test")
     if args.top_k < 3:
         parser.error("--top-k must be at least 3 so every drawing has 3 candidates")
     if args.folds == 1 or args.folds < 0:
@@ -80,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("need --rounds >= 1, --early-stopping >= 1, --num-leaves >= 2 and --min-data-in-leaf >= 0")
     if not args.lr > 0 or args.threads < 0:
         parser.error("need --lr > 0 and --threads >= 0")
-    for flag, path in (("--output", args.output), ("--save-probs", args.save_probs), ("--model-out", args.model_out)):
+    for flag, path in (("--submission", args.submission), ("--preds", args.preds), ("--model-out", args.model_out)):
         if path and not Path(path).resolve().parent.is_dir():
             parser.error(f"{flag} {path}: no such folder {Path(path).parent}")
     return args
@@ -211,11 +214,7 @@ def _report(title: str, paths: list[str], probs: list[np.ndarray], stacked: np.n
     recall = float(is_cand[np.arange(len(labels)), labels].mean())
     lines = [(Path(p).name, ranking_metrics(pr, labels)) for p, pr in zip(paths, probs)]
     lines += [("mean blend", ranking_metrics(blend(probs), labels)), ("stacker", ranking_metrics(stacked, labels))]
-    width = max(12, *(len(n) for n, _ in lines))
-    print(f"{title}; label among candidates: {recall:.4f}")
-    print(f"{'':<{width}}  {'MAP@3':>7}  {'top-1':>7}  {'top-3':>7}")
-    for name, m in lines:
-        print(f"{name:<{width}}  {m['map3']:7.4f}  {m['top1']:7.4f}  {m['top3']:7.4f}")
+    print(format_table(lines, title=f"{title}; label among candidates: {recall:.4f}"))
 
 
 def fit_stacker(probs: list[np.ndarray], labels: np.ndarray, k: int, entropy: bool, splits: list[np.ndarray],
@@ -276,10 +275,10 @@ def _write_test(args: argparse.Namespace, test: list[Predictions], boosters: lis
     stacked = candidate_probs(rows, cands, scores, probs[0].shape)
     key_ids, classes = test[0].key_ids, test[0].classes
     try:
-        if args.save_probs:
-            write_predictions(args.save_probs, key_ids, stacked, classes)
-        if args.output:
-            write_submission(args.output, key_ids, stacked, classes)
+        if args.preds:
+            write_predictions(args.preds, key_ids, stacked, classes)
+        if args.submission:
+            write_submission(args.submission, key_ids, stacked, classes)
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: cannot write output: {e}") from None
     print(f"scored {len(key_ids)} test drawings with {len(boosters)} booster(s)")

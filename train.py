@@ -24,8 +24,11 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
+import data_loader_rgb  # noqa: F401  (registers the grey and rgb encodings)
+import data_loader_time  # noqa: F401  (registers the time encoding)
 import models
 from qdraw import dataset as qdata
+from qdraw.atomic import clean_temp_files
 from qdraw.checkpoint import (
     CHECKPOINT_VERSION,
     CheckpointError,
@@ -36,10 +39,12 @@ from qdraw.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from qdraw.config import add_config_arg, config_dict, parse_args, resolve_data, write_config
+from qdraw.config import add_config_arg, config_dict, parse_args, write_config
 from qdraw.distributed import DistInfo, all_gather_objects, barrier, cleanup, init_distributed
+from qdraw.encoding import get_encoding
 from qdraw.engine import StepOptions, evaluate, train_one_epoch
 from qdraw.logs import TensorBoard, plot_curves, setup_logging, trim_summary, update_summary
+from qdraw.prepare import SYNTHETIC_DIR, ensure_synthetic
 from qdraw.schedule import CosineRestarts
 from qdraw.store import Store, StoreError
 
@@ -61,7 +66,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def _add_data_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--data", default=None, help="prepared store folder (default: the synthetic set in data/synthetic)")
     g.add_argument("--encoding", default="rgb", help="stroke encoding: grey (1 channel), rgb, time (raw stores "
-                   "only); see qdraw.dataset.list_encodings() (default rgb)")
+                   "only); see data_loader_rgb.py, data_loader_time.py (default rgb)")
     g.add_argument("--image-size", type=int, default=128, help="input side in px (default 128)")
     g.add_argument("--line-width", type=int, default=None, help="stroke width in px (default: the encoding's)")
     g.add_argument("--samples-per-class", type=int, default=None,
@@ -148,9 +153,10 @@ def _build_data(args: argparse.Namespace, info: DistInfo) -> tuple[Store, qdata.
     rank; validation is split rank::world_size here (no padding, so every drawing counts once).
     """
     workers = _cap_workers(args.workers)
-    data = resolve_data(args.data, workers=max(1, workers)) if info.is_main else None
+    if args.data is None and info.is_main:
+        ensure_synthetic(SYNTHETIC_DIR, workers=max(1, workers))
     barrier()  # the other ranks wait for rank 0 to prepare the synthetic default
-    store = Store(data or resolve_data(args.data))
+    store = Store(args.data or SYNTHETIC_DIR)
     train_set = qdata.BalancedBlockDataset(store, args.encoding, image_size=args.image_size,
                                            line_width=args.line_width, samples_per_class=args.samples_per_class,
                                            seed=args.seed, hflip=args.hflip)
@@ -244,8 +250,7 @@ def _output_dir(args: argparse.Namespace, is_main: bool) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         if not args.resume:
             (out / "summary.csv").unlink(missing_ok=True)
-        for debris in out.glob(".*.pth.tmp*"):  # a checkpoint a killed run was writing (never read: hidden name)
-            debris.unlink(missing_ok=True)
+        clean_temp_files(out)  # a checkpoint a killed run was writing (never read: hidden name)
     return out
 
 
@@ -266,7 +271,7 @@ class Job:
 def _setup(args: argparse.Namespace, info: DistInfo) -> Job:
     """Data, model (input channels from the encoding), optimiser and step options; bad settings raise ValueError."""
     store, train_set, train_loader, val_loader = _build_data(args, info)
-    in_chans = qdata.get_encoding(args.encoding).channels
+    in_chans = get_encoding(args.encoding).channels
     model = models.create_model(args.model, store.num_classes, in_chans=in_chans, pretrained=args.pretrained)
     with torch.no_grad():  # a too-small --image-size fails here with the model's own message, not mid-epoch
         model.eval()(torch.zeros(1, in_chans, args.image_size, args.image_size))

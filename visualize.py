@@ -13,7 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from qdraw.raster import Encoding, check_geometry, check_time, get_encoding, rasterize
+import data_loader_rgb  # noqa: F401  (registers grey, rgb)
+import data_loader_time  # noqa: F401  (registers time)
+from qdraw.atomic import atomic_write
+from qdraw.encoding import Encoding, check_time, get_encoding
+from qdraw.raster import check_geometry, rasterize
 from qdraw.store import Block, Store, concat_blocks, read_block
 
 
@@ -89,7 +93,12 @@ def save_grid(columns: list[tuple[str, np.ndarray]], row_labels: list[str], path
             if j == 0:
                 ax.set_ylabel(row_labels[i], fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, facecolor="white")
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    if fmt not in fig.canvas.get_supported_filetypes():
+        plt.close(fig)
+        raise ValueError(f"Format {fmt!r} is not supported (use one of {', '.join(fig.canvas.get_supported_filetypes())})")
+    with atomic_write(path) as f:
+        fig.savefig(f, format=fmt, dpi=100, facecolor="white")
     plt.close(fig)
 
 

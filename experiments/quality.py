@@ -160,7 +160,7 @@ def predict_variants(run: Runner, spec: StoreSpec, store: Path, out: Path, varia
     for tta, bal in variants:
         csv_path = out / f"{spec.split}{'_tta' if tta else ''}{'_bal' if bal else ''}.csv.gz"
         run("predict.py", "--checkpoint", str(out / "last.pth"), "--input", str(store), "--split", spec.split,
-            "--output", str(csv_path), "--labels-output", str(out / "labels.csv"), "--workers", "1", "--quiet",
+            "--preds", str(csv_path), "--labels", str(out / "labels.csv"), "--workers", "1", "--quiet",
             "--tta" if tta else "--no-tta", "--balance" if bal else "--no-balance")
         paths[(tta, bal)] = csv_path
     return paths
@@ -187,8 +187,8 @@ def blend_rows(run: Runner, work: Path, parts: list[tuple[str, Path]], labels: P
     for method in ("mean", "gmean"):
         for bal in (False, True):
             out = work / f"blend_{method}{'_bal' if bal else ''}.csv.gz"
-            run("blend2.py", "--method", method, *(["--balance"] if bal else []), "--save-probs", str(out),
-                "--output", str(work / f"sub_blend_{method}{'_bal' if bal else ''}.csv"), *[str(p) for _, p in parts])
+            run("blend2.py", "--method", method, *(["--balance"] if bal else []), "--preds", str(out),
+                "--submission", str(work / f"sub_blend_{method}{'_bal' if bal else ''}.csv"), *[str(p) for _, p in parts])
             m = score(out, labels)
             rows.append(Row("s16", f"blend {method}", names, 0, 0, 0.0, True, bal, m["n"], m["map3"], m["top1"]))
             print(f"  blend {method} balance={bal}: MAP@3 {m['map3']:.4f}", flush=True)

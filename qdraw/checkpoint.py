@@ -6,21 +6,22 @@ epoch`` (last completed), ``step`` (optimiser steps so far), ``best_metric``, ``
 exactly. Nothing in it needs pickle's arbitrary-object path, so ``torch.load(weights_only=True)`` reads it and refuses
 anything else (a Namespace, a custom class), which is the point: loading a checkpoint never runs foreign code.
 
-Writes go to a temporary file in the same folder, are fsync'ed, then renamed over the target (timm ``CheckpointSaver``
-does the rename), so a full disk or a kill mid-write leaves the previous file intact.
+Writes go through qdraw.atomic (a hidden temporary file in the same folder, fsync, rename over the target, as timm's
+``CheckpointSaver`` renames), so a full disk or a kill mid-write leaves the previous file intact.
 """
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import re
-import shutil
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .atomic import atomic_write, link_or_copy
 
 CHECKPOINT_VERSION = 1
 REQUIRED_KEYS = ("version", "arch", "model_args", "classes", "encoding", "image_size", "config", "model", "epoch")
@@ -31,54 +32,14 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
-    """Write state to path atomically: a temporary sibling, flush + fsync, then os.replace over path."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    """Write state to path atomically (qdraw.atomic: a hidden temporary sibling, fsync, rename over path)."""
+    with atomic_write(path) as f:
+        torch.save(state, f)
 
 
 def copy_checkpoint(src: str | Path, dst: str | Path) -> None:
-    """Make dst a copy of src atomically: a hard link when the filesystem allows (free), else a byte copy.
-
-    A hard link is safe because save_checkpoint never rewrites a file in place: the next save of src renames a new
-    inode over the name and dst keeps the old one.
-    """
-    src, dst = Path(src), Path(dst)
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    try:
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(dst.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Persist a rename (POSIX needs the directory fsync'ed too); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """Make dst a copy of src atomically: a hard link when the filesystem allows (free), else a byte copy."""
+    link_or_copy(src, dst)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -153,6 +114,22 @@ def check_compatible(ckpt: dict, classes: list[str] | None = None, encoding: str
     for key, want in (("encoding", encoding), ("image_size", image_size), ("arch", arch)):
         if want is not None and ckpt[key] != want:
             raise CheckpointError(f"checkpoint {key} is {ckpt[key]!r}, this run asks for {want!r}")
+
+
+@dataclass(frozen=True)
+class RasterSpec:
+    """How a checkpoint's model wants its input drawn: the encoding's name, the image side and the line width (None
+    means the raster default for that size). The one reading of these fields, for predict, export and serve."""
+
+    encoding: str
+    image_size: int
+    line_width: int | None = None
+
+
+def raster_spec(ckpt: dict) -> RasterSpec:
+    """The RasterSpec a checkpoint was trained with (line width from its config, None when it used the default)."""
+    width = ckpt.get("line_width", ckpt["config"].get("line_width"))
+    return RasterSpec(ckpt["encoding"], int(ckpt["image_size"]), None if width is None else int(width))
 
 
 def rng_state() -> dict:

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import yaml
 
-# The embedded synthetic store, prepared on first use when a run names no --data (repo-relative, git-ignored).
-SYNTHETIC_DIR = Path(__file__).resolve().parents[1] / "data" / "synthetic"
-
+from .atomic import write_text
 
 def add_config_arg(parser: argparse.ArgumentParser) -> None:
     """The -c/--config flag, on the full parser too so that --help lists it."""
@@ -77,14 +75,5 @@ def config_dict(args: argparse.Namespace) -> dict:
 def write_config(args: argparse.Namespace, path: str | Path) -> None:
     """Write the resolved settings as YAML; the file re-runs the same job with --config."""
     cfg = {k: v for k, v in config_dict(args).items() if k != "config"}
-    Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    write_text(path, yaml.safe_dump(cfg, sort_keys=False))
 
-
-def resolve_data(data: str | None, workers: int = 1) -> Path:
-    """Store folder for --data: the given one, or the synthetic default, prepared into SYNTHETIC_DIR if absent."""
-    if data:
-        return Path(data)
-    if not (SYNTHETIC_DIR / "meta.json").is_file():
-        from .prepare import PrepareOptions, prepare_input
-        prepare_input("synthetic", PrepareOptions(output=str(SYNTHETIC_DIR), workers=max(1, workers)))
-    return SYNTHETIC_DIR

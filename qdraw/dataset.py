@@ -33,11 +33,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 
-from .raster import Sources, check_geometry, check_time, get_encoding, list_encodings, rasterize, warm_up
+from .encoding import check_time, get_encoding
+from .raster import Sources, check_geometry, rasterize, warm_up
 from .store import Block, Store, StoreError, mix64, read_block
 
-__all__ = ["BalancedBlockDataset", "SplitDataset", "EpochLoader", "build_dataset", "create_loader", "epoch_plan",
-           "flip_bits", "get_encoding", "list_encodings", "to_model_input"]
+__all__ = ["BalancedBlockDataset", "SplitDataset", "EpochLoader", "create_loader", "epoch_plan", "flip_bits",
+           "to_model_input"]
 
 
 def flip_bits(seed: int, epoch: int, index: np.ndarray) -> np.ndarray:
@@ -246,14 +247,6 @@ class SplitDataset(_RasterDataset):
         sources = self._open(self.split, lambda: [read_block(p) for p in self.paths])
         flip = np.full(len(idx), self.flip) if self.flip else None
         return self._render(sources, self._src[idx], self._local[idx], flip), torch.from_numpy(self.labels[idx])
-
-
-def build_dataset(store: Store | str | Path, split: str, encoding: str,
-                  **kwargs) -> "BalancedBlockDataset | SplitDataset":
-    """BalancedBlockDataset for split="train", else SplitDataset(split); kwargs go to the class."""
-    if split == "train":
-        return BalancedBlockDataset(store, encoding, **kwargs)
-    return SplitDataset(store, split, encoding, **kwargs)
 
 
 def pass_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,8 @@
 """Prediction from a checkpoint alone: rebuild the model, open the input as a store, run it (optionally with TTA).
 
-The model is rebuilt from ``ckpt["arch"]`` and ``ckpt["model_args"]`` and put in eval mode (the ancestor predicted in
-train mode, with BatchNorm's batch statistics); nothing from the training YAML is needed.
+The model is rebuilt from ``ckpt["arch"]`` and ``ckpt["model_args"]`` through the registry of qdraw.zoo (the
+architectures are registered by the top-level models.py, which the calling script imports) and put in eval mode (the
+ancestor predicted in train mode, with BatchNorm's batch statistics); nothing from the training YAML is needed.
 """
 from __future__ import annotations
 
@@ -16,20 +17,19 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import CheckpointError, load_checkpoint
-from .dataset import SplitDataset, create_loader, get_encoding, to_model_input
+from .dataset import SplitDataset, create_loader, to_model_input
 from .prepare import pack_eval_input
 from .store import Store
+from .zoo import create_model
 
 log = logging.getLogger(__name__)
 
 
 def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
     """The checkpoint's model in eval mode on device, and the checkpoint dict (weights_only=True load)."""
-    import models  # top-level registry; imported here so qdraw stays importable without the model zoo
-
     ckpt = load_checkpoint(path)
     try:
-        model = models.create_model(ckpt["arch"], **ckpt["model_args"])
+        model = create_model(ckpt["arch"], **ckpt["model_args"])
     except TypeError as exc:
         raise CheckpointError(f"{path}: model_args {ckpt['model_args']} do not fit {ckpt['arch']} ({exc})") from exc
     try:
@@ -91,10 +91,3 @@ def predict_probs(model: torch.nn.Module, ds: SplitDataset, device: torch.device
     ds.flip = False
     return (total / len(views)).astype(np.float32), len(ds) / max(time.perf_counter() - t0, 1e-9)
 
-
-def check_encoding(ckpt: dict, store: Store, source: object) -> None:
-    """A time encoding needs raw strokes; say so in one line instead of failing inside the loader."""
-    enc = get_encoding(ckpt["encoding"])
-    if enc.needs_time and not store.has_time:
-        raise ValueError(f"the checkpoint uses the '{enc.name}' encoding, which needs raw strokes with timing, but "
-                         f"{source} holds simplified drawings (use test_raw.csv or a raw store)")

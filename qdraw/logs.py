@@ -9,8 +9,9 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import os
 from pathlib import Path
+
+from .atomic import atomic_write, write_text
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,7 @@ def trim_summary(path: str | Path, before_epoch: int) -> None:
         if line.endswith("\n") and len(cells) == len(header) and isinstance(epoch, float) and epoch < before_epoch:
             keep.append(line)
     if "".join(keep) != text:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(keep), newline="")
-        os.replace(tmp, path)
+        write_text(path, "".join(keep))
 
 
 def read_summary(path: str | Path) -> list[dict[str, float]]:
@@ -120,5 +119,6 @@ def plot_curves(csv_path: str | Path, png_path: str | Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
+    with atomic_write(png_path) as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)

@@ -34,3 +34,13 @@ def ranking_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     labels = np.asarray(labels)
     return {"map3": map_at_k(t3, labels), "top1": float((t3[:, 0] == labels).mean()),
             "top3": float((t3 == labels[:, None]).any(1).mean())}
+
+
+def format_table(rows: list[tuple[str, dict[str, float]]], title: str | None = None) -> str:
+    """A fixed-width table, one line per (name, {"map3", "top1", "top3"}), under an optional title line: the one
+    table predict.py, blend2.py, stack.py, demo.py and the experiments print."""
+    width = max(12, *(len(name) for name, _ in rows))
+    lines = [title] if title else []
+    lines.append(f"{'':<{width}}  {'MAP@3':>7}  {'top-1':>7}  {'top-3':>7}")
+    lines += [f"{name:<{width}}  {m['map3']:7.4f}  {m['top1']:7.4f}  {m['top3']:7.4f}" for name, m in rows]
+    return "\n".join(lines)

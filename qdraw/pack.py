@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterator
@@ -18,6 +16,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from . import fastparse
+from .atomic import atomic_dir, write_text
 from .readers import TEST_COLUMNS, TRAIN_COLUMNS, Row, csv_columns, kaggle_row, ndjson_row, split_csv_line
 from .store import Block, concat_blocks, make_block, mix64, write_block
 from .strokes import DrawingError, check_drawing, loads_drawing, to_arrays
@@ -248,19 +247,16 @@ def pack_file(path: Path, fmt: str, kind: str, label_of: Callable[[Block], np.nd
 
 def pack_class(path: Path, fmt: str, kind: str, label: int, class_dir: Path, block_size: int, val_every: int,
                limit: int | None = None) -> dict:
-    """Pack one per-class file into class_dir atomically: build in a temporary sibling folder, then rename it.
+    """Pack one per-class file into class_dir atomically: build in a hidden sibling folder, then rename it.
 
     A class folder with stats.json is finished: a rerun returns its counts without reading the input again.
     """
     if (class_dir / "stats.json").is_file():
         return json.loads((class_dir / "stats.json").read_text()) | {"reused": True}
-    tmp = class_dir.with_name(f".{class_dir.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    stats = pack_file(path, fmt, kind, lambda b: np.full(len(b), label, np.int16), tmp, block_size, val_every,
-                      limit=limit)
-    stats["source"] = str(path)
-    (tmp / "stats.json").write_text(json.dumps(stats))
-    shutil.rmtree(class_dir, ignore_errors=True)  # a folder without stats.json is left from an older crash
-    os.replace(tmp, class_dir)
+    # A folder without stats.json can only be left from an older crash: atomic_dir replaces it.
+    with atomic_dir(class_dir) as tmp:
+        stats = pack_file(path, fmt, kind, lambda b: np.full(len(b), label, np.int16), tmp, block_size, val_every,
+                          limit=limit)
+        stats["source"] = str(path)
+        write_text(tmp / "stats.json", json.dumps(stats))
     return stats

@@ -5,7 +5,6 @@ Kept out of the CLI so train.py can prepare the synthetic default on the fly and
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -17,10 +16,15 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
+from .atomic import atomic_dir, clean_temp_files, write_text
 from .pack import pack_class, pack_file
 from .readers import Layout, Row, detect_layout, read_kaggle_test, read_solution
 from .store import FORMAT_VERSION
 from .strokes import DrawingError, check_drawing, loads_drawing
+
+
+# The embedded synthetic store, prepared on first use when a run names no --data (repo-relative, git-ignored).
+SYNTHETIC_DIR = Path(__file__).resolve().parents[1] / "data" / "synthetic"
 
 
 @dataclass
@@ -80,14 +84,10 @@ def _pack_test(args, out: Path, kind: str, classes: list[str], test: Path, unkno
         # a key_id missing from the solution or a word not among the classes; -2 is counted as "unknown class"
         return np.array([index.get(solution.get(int(k), ""), unknown) for k in block.key_id], np.int16)
 
-    tmp = out / f".test.tmp{os.getpid()}"
-    tmp.mkdir(parents=True, exist_ok=True)
-    stats = pack_file(test, "kaggle_test", kind, label_of, tmp, args.block_size, None, train_prefix="block")
-    stats.update(source=str(test), labelled=bool(solution))
-    (tmp / "stats.json").write_text(json.dumps(stats))
-    if (out / "test").exists():
-        os.rename(out / "test", out / f".test.old{os.getpid()}")
-    os.replace(tmp, out / "test")
+    with atomic_dir(out / "test") as tmp:
+        stats = pack_file(test, "kaggle_test", kind, label_of, tmp, args.block_size, None, train_prefix="block")
+        stats.update(source=str(test), labelled=bool(solution))
+        write_text(tmp / "stats.json", json.dumps(stats))
     return stats
 
 
@@ -101,7 +101,7 @@ def _check_settings(out: Path, settings: dict) -> None:
             raise ValueError(f"{out} holds a store prepared with other settings ({diff}); use a new --output")
     else:
         out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(settings))
+        write_text(path, json.dumps(settings))
 
 
 def prepare(args: PrepareOptions, source: Path, name: str | None = None) -> dict:
@@ -116,6 +116,8 @@ def prepare(args: PrepareOptions, source: Path, name: str | None = None) -> dict
     settings = {"version": FORMAT_VERSION, "input": name or str(source), "kind": kind, "classes": classes,
                 "block_size": args.block_size, "val_every": args.val_every, "max_per_class": args.max_per_class}
     _check_settings(out, settings)
+    for folder in (out, out / "classes"):  # what killed runs were writing
+        clean_temp_files(folder)
     work = partial(_pack_one, layout=layout, kind=kind, out=out, args=args)
     stats = {}
     with ProcessPoolExecutor(max(1, args.workers)) as pool:
@@ -129,10 +131,8 @@ def prepare(args: PrepareOptions, source: Path, name: str | None = None) -> dict
             "train_block_sizes": {str(i): stats[c]["train"] for i, c in enumerate(classes)},
             "val_sizes": {str(i): stats[c]["val"] for i, c in enumerate(classes)},
             "test": test_stats}
-    tmp = out / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, out / "meta.json")
-    (out / "classes.txt").write_text("".join(c + "\n" for c in classes))
+    write_text(out / "classes.txt", "".join(c + "\n" for c in classes))
+    write_text(out / "meta.json", json.dumps(meta, indent=1))  # last: its presence marks the store complete
     return {"classes": stats, "test": test_stats, "kind": kind}
 
 
@@ -189,25 +189,19 @@ def pack_eval_input(source: Path, out: Path, classes: list[str], block_size: int
         layout = detect_layout(source)
         kind = sniff_kind(layout)
         index = {c: i for i, c in enumerate(classes)}
-        tmp = out / f".test.tmp{os.getpid()}"
-        tmp.mkdir(parents=True, exist_ok=True)
         stats = {"read": 0, "train": [], "skipped": Counter()}
-        for n, (name, path) in enumerate(sorted(layout.files.items())):
-            part = tmp / f"{n:04d}"
-            part.mkdir()
-            label = index.get(name, -1)
-            st = pack_file(path, layout.name, kind, lambda b: np.full(len(b), label, np.int16), part, block_size, None)
-            for i, blk in enumerate(sorted(part.glob("train_*.qdb"))):
-                os.replace(blk, tmp / f"block_{n:04d}{i:04d}.qdb")
-            part.rmdir()
-            stats["read"] += st["read"]
-            stats["train"] += st["train"]
-            stats["skipped"].update(st["skipped"])
+        with atomic_dir(out / "test") as tmp:
+            for n, (name, path) in enumerate(sorted(layout.files.items())):
+                label = index.get(name, -1)
+                st = pack_file(path, layout.name, kind, lambda b: np.full(len(b), label, np.int16), tmp, block_size,
+                               None, train_prefix=f"block_{n:04d}")
+                stats["read"] += st["read"]
+                stats["train"] += st["train"]
+                stats["skipped"].update(st["skipped"])
         stats["labelled"] = any(c in index for c in layout.files)
-        os.replace(tmp, out / "test")
     meta = {"version": FORMAT_VERSION, "kind": kind, "classes": classes, "block_size": block_size, "val_every": 0,
             "layout": "eval", "source": str(source), "train_block_sizes": {}, "val_sizes": {}, "test": stats}
-    (out / "meta.json").write_text(json.dumps(meta))
+    write_text(out / "meta.json", json.dumps(meta))
     return stats | {"kind": kind}
 
 
@@ -222,3 +216,11 @@ def _kind_of(rows: Iterator[Row], source: Path) -> str:
         except DrawingError:
             continue
     raise ValueError(f"{source}: no readable drawing in the first rows of the test CSV")
+
+
+def ensure_synthetic(path: str | Path = SYNTHETIC_DIR, workers: int = 1) -> Path:
+    """The synthetic store at path, prepared there first when it is absent (the default data of train.py)."""
+    path = Path(path)
+    if not (path / "meta.json").is_file():
+        prepare_input("synthetic", PrepareOptions(output=str(path), workers=max(1, workers)))
+    return path

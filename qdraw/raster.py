@@ -27,68 +27,12 @@ The default ``line_width`` is ``round(3 * size / 128)`` (2 at 64 px, 3 at 128, 6
 """
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass
-from collections.abc import Callable
-
 import numpy as np
 from numba import njit
 from numba.typed import List
 
+from .encoding import Encoding, check_time, get_encoding
 from .store import Block, make_block
-
-ColorFn = Callable[[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray], np.ndarray]
-
-# Modules that define (and register) the encodings; imported on the first lookup, so that qdraw stays importable
-# without them and each family's code lives next to its documentation.
-_PROVIDERS = ("data_loader_rgb", "data_loader_time")
-_ENCODINGS: dict[str, "Encoding"] = {}
-
-
-@dataclass(frozen=True)
-class Encoding:
-    """A named colour scheme: ``colors(xy, t, strokes, drawings)`` returns the uint8 colour (P, channels) of every
-    point of a packed batch (``t`` is None for simplified data); a pure function (numpy or numba), no torch, no I/O."""
-
-    name: str
-    channels: int
-    needs_time: bool
-    colors: ColorFn
-    channel_names: tuple[str, ...] = ()  # what each channel shows, for plots and logs
-
-
-def register_encoding(enc: Encoding) -> Encoding:
-    """Add an encoding to the registry; a second encoding of the same name is a ValueError."""
-    if enc.name in _ENCODINGS and _ENCODINGS[enc.name] is not enc:
-        raise ValueError(f"encoding {enc.name!r} is already registered")
-    _ENCODINGS[enc.name] = enc
-    return enc
-
-
-def _load_providers() -> None:
-    for module in _PROVIDERS:
-        importlib.import_module(module)
-
-
-def list_encodings() -> list[str]:
-    _load_providers()
-    return sorted(_ENCODINGS)
-
-
-def get_encoding(name: str) -> Encoding:
-    """The encoding called name; ValueError listing the known names otherwise."""
-    _load_providers()
-    if name not in _ENCODINGS:
-        raise ValueError(f"unknown encoding {name!r}; choose from {', '.join(sorted(_ENCODINGS))}")
-    return _ENCODINGS[name]
-
-
-def check_time(enc: Encoding, has_time: bool, where: object = "this data") -> None:
-    """ValueError when enc needs timing and the data has none (simplified strokes)."""
-    if enc.needs_time and not has_time:
-        raise ValueError(f"encoding {enc.name!r} needs stroke timing, but {where} is simplified (no t); "
-                         f"prepare a raw store or choose one of: "
-                         f"{', '.join(n for n in list_encodings() if not get_encoding(n).needs_time)}")
 
 
 def default_line_width(size: int) -> int:
@@ -106,41 +50,6 @@ def check_geometry(size: int, line_width: int | None, margin: int | None = None)
     if not 0 <= margin < size // 2:
         raise ValueError(f"margin must be 0..{size // 2 - 1} px, got {margin}")
     return line_width, margin
-
-
-# Helpers the encodings share: pure functions of packed arrays (numpy, or compiled for per-point loops).
-
-def point_stroke(strokes: np.ndarray) -> np.ndarray:
-    """Stroke id of every point: int64 (P,)."""
-    return np.repeat(np.arange(len(strokes) - 1), np.diff(strokes))
-
-
-def stroke_order(drawings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per stroke: its index within its drawing and its drawing's stroke count, both int64 (S,)."""
-    counts = np.diff(drawings)
-    first = np.repeat(drawings[:-1], counts)
-    return np.arange(len(first)) - first, np.repeat(counts, counts)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def step_length(xy: np.ndarray, p: int) -> float:
-    """Distance from point p - 1 to point p in frame units (compiled: encodings call it per point)."""
-    return np.sqrt((np.float64(xy[p, 0]) - xy[p - 1, 0]) ** 2 + (np.float64(xy[p, 1]) - xy[p - 1, 1]) ** 2)
-
-
-@njit(cache=True, nogil=True)
-def stroke_length(xy: np.ndarray, a: int, e: int) -> float:
-    """Path length of points a..e-1 in frame units."""
-    total = 0.0
-    for p in range(a + 1, e):
-        total += step_length(xy, p)
-    return total
-
-
-@njit(cache=True, nogil=True)
-def level(f: float, lo: int = 0) -> np.uint8:
-    """Map a fraction f in [0, 1] (clipped) to uint8 ``lo + round((255 - lo) * f)``, rounding half up."""
-    return np.uint8(np.floor(lo + (255 - lo) * min(max(f, 0.0), 1.0) + 0.5))
 
 
 # Rounding half up in floats is exact here: the true value v + 0.5 (v = c0 + dc * i / n) is a multiple of 1 / (2n),
@@ -359,7 +268,7 @@ def rasterize(xy: np.ndarray, t: np.ndarray | None, strokes: np.ndarray, drawing
               encoding: str | Encoding, size: int = 128, line_width: int | None = None, margin: int | None = None,
               flip: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """Encode and draw a packed batch: uint8 (B, channels, size, size). See the module docstring for the geometry."""
-    enc = get_encoding(encoding) if isinstance(encoding, str) else encoding
+    enc = get_encoding(encoding)
     check_time(enc, t is not None)
     return draw(xy, strokes, drawings, enc.colors(xy, t, strokes, drawings), size, line_width, margin, flip, out)
 
@@ -370,7 +279,7 @@ def warm_up(encoding: str | Encoding) -> None:
     DataLoader workers forked afterwards inherit the compiled code; otherwise each worker pays about a second
     (numba's typed lists are compiled per process, not cached) before its first batch.
     """
-    enc = get_encoding(encoding) if isinstance(encoding, str) else encoding
+    enc = get_encoding(encoding)
     block = make_block(np.zeros((2, 2)), np.arange(2) if enc.needs_time else None, np.array([2]), np.array([1]),
                        np.zeros(1), np.zeros(1), np.array([b"US"]), np.ones(1))
     xy, t, strokes, drawings = Sources([block]).gather(np.zeros(1), np.zeros(1))

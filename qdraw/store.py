@@ -24,17 +24,18 @@ dtype, shape and byte offset, then the arrays, each 64-byte aligned so :func:`re
     country  (N,)   S2      countrycode
     recognized (N,) int8    1/0, -1 when unknown (test)
 
-Files are written to a temporary name and renamed (os.replace), and a class directory is renamed into place only when
-all its blocks are written, so a killed prepare never leaves a half block that a reader would accept.
+Files are written to a temporary name and renamed (qdraw.atomic), and a class directory is renamed into place only
+when all its blocks are written, so a killed prepare never leaves a half block that a reader would accept.
 """
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .atomic import atomic_write
 
 FORMAT_VERSION = 1
 MAGIC = b"QDBLOCK1"
@@ -143,7 +144,7 @@ def make_block(xy: np.ndarray, t: np.ndarray | None, stroke_lens: np.ndarray, dr
 
 
 def write_block(path: Path, block: Block) -> None:
-    """Write a block atomically: a temporary file in the same folder, fsync, then os.replace."""
+    """Write a block atomically (qdraw.atomic: a hidden temporary file, fsync, rename)."""
     path = Path(path)
     header, offset, arrays = {}, 0, []
     for name in FIELDS:
@@ -156,15 +157,11 @@ def write_block(path: Path, block: Block) -> None:
         offset += -(-arr.nbytes // _ALIGN) * _ALIGN
     head = json.dumps({"version": FORMAT_VERSION, "arrays": header, "nbytes": offset}).encode()
     head += b" " * (-(len(MAGIC) + 8 + len(head)) % _ALIGN)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as f:
         f.write(MAGIC + len(head).to_bytes(8, "little") + head)
         for arr in arrays:
             f.write(arr.tobytes())
             f.write(b"\0" * (-arr.nbytes % _ALIGN))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_block(path: Path, mmap: bool = True) -> Block:

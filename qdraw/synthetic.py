@@ -12,12 +12,13 @@ well but not perfectly. All randomness comes from an explicit ``np.random.Genera
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import orjson
+
+from .atomic import atomic_write
 
 TAU = 2 * math.pi
 Template = list[np.ndarray]  # strokes as (k, 2) float arrays in unit coordinates, y down
@@ -392,7 +393,7 @@ def generate_records(name: str, n: int, seed: int) -> Iterator[dict]:
 def write_ndjson(out_dir: Path, n_per_class: int, seed: int = 0, classes: Iterable[str] | None = None) -> list[Path]:
     """Write ``<word>.ndjson`` per class into ``out_dir`` in Google's raw layout; returns the paths in class order.
 
-    Each file is written to ``<word>.ndjson.tmp`` and renamed with ``os.replace``, so a reader never sees half a file.
+    Each file is written atomically (qdraw.atomic), so a reader never sees half a file.
 
     Raises:
         ValueError: an unknown class name (checked before anything is written), or bad ``n_per_class`` / ``seed``.
@@ -405,9 +406,7 @@ def write_ndjson(out_dir: Path, n_per_class: int, seed: int = 0, classes: Iterab
     paths = []
     for name in names:
         path = out_dir / f"{name}.ndjson"
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
+        with atomic_write(path) as f:
             f.writelines(orjson.dumps(rec) + b"\n" for rec in generate_records(name, n_per_class, seed))
-        os.replace(tmp, path)
         paths.append(path)
     return paths

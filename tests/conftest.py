@@ -1,15 +1,21 @@
-"""Shared fixtures: the real Quick, Draw! slice in ../shared (tests that need it skip cleanly without it)."""
+"""Shared fixtures: the real Quick, Draw! slice in ../shared (tests that need it skip cleanly without it) and the small
+synthetic store most training tests use.
+
+Importing models, data_loader_rgb and data_loader_time registers the shipped architectures and encodings, as every
+script does: qdraw never imports them itself (imports go one way, scripts -> qdraw).
+"""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-SHARED = ROOT.parent / "shared" / "data" / "quickdraw"
+import data_loader_rgb  # noqa: F401
+import data_loader_time  # noqa: F401
+import models  # noqa: F401
+from common import SHARED, SIX_CLASSES
+from qdraw.prepare import PrepareOptions, prepare
+from qdraw.synthetic import write_ndjson
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +24,15 @@ def shared_data() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared/data/quickdraw is absent")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def raw_store(tmp_path_factory) -> Path:
+    """A raw synthetic store: 6 classes x 60 drawings, blocks of 30, about 1 in 10 drawings for validation.
+
+    Session-scoped and shared: tests must not write into it (copy it first).
+    """
+    root = tmp_path_factory.mktemp("raw_store")
+    write_ndjson(root / "src", 60, seed=1, classes=SIX_CLASSES)
+    prepare(PrepareOptions(output=str(root / "st"), block_size=30, val_every=10, workers=1), root / "src")
+    return root / "st"

@@ -127,7 +127,7 @@ CASES = [
     ("predict-other-classes", "predict.py", ["--checkpoint", "{ckpt_other}", "--input", "{simp}"],
      "checkpoint classes differ from the data's at index 0", "error"),
     ("predict-time-on-simplified-csv", "predict.py", ["--checkpoint", "{ckpt_time}", "--input", "{test_csv}"],
-     "uses the 'time' encoding, which needs raw strokes", "error"),
+     "encoding 'time' needs stroke timing, but", "error"),
     ("predict-pickle-payload", "predict.py", ["--checkpoint", "{ckpt_pickle}", "--input", "{simp}"],
      "refused by torch.load(weights_only=True): it holds a pickled object (", "error"),
     ("predict-garbage-checkpoint", "predict.py", ["--checkpoint", "{garbage}", "--input", "{simp}"],

@@ -20,7 +20,7 @@ def test_demo_quick(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(ROOT / "demo.py"), "--quick", "--output", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    table = dict(re.findall(r"^(\S.*?\S)\s+([01]\.\d{4})\s+[01]\.\d{4}$", done.stdout, re.MULTILINE))
+    table = dict(re.findall(r"^(\S.*?\S)\s+([01]\.\d{4})\s+[01]\.\d{4}\s+[01]\.\d{4}$", done.stdout, re.MULTILINE))
     assert set(table) == {"mobilenetv2 rgb + TTA", "mobilenetv2 time + TTA", "blend (gmean)"}, done.stdout
     assert all(float(v) > CHANCE_MAP3 for v in table.values()), table
 

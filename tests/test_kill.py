@@ -25,7 +25,7 @@ import torch
 
 import models
 import train
-from qdraw import predictions
+from qdraw import atomic
 from qdraw.checkpoint import CHECKPOINT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
 from qdraw.config import parse_args
 from qdraw.logs import read_summary, trim_summary, update_summary
@@ -142,12 +142,9 @@ EXACT_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_loss", "val_top1", "v
 
 
 @pytest.fixture(scope="module")
-def small_store(tmp_path_factory) -> Path:
-    """A raw synthetic store: 6 classes x 60 drawings, blocks of 30, 1 in 10 drawings for validation."""
-    root = tmp_path_factory.mktemp("kill_store")
-    write_ndjson(root / "src", 60, seed=1, classes=["circle", "square", "triangle", "star", "house", "zigzag"])
-    prepare(PrepareOptions(output=str(root / "st"), block_size=30, val_every=10, workers=1), root / "src")
-    return root / "st"
+def small_store(raw_store) -> Path:
+    """The shared raw synthetic store (conftest.raw_store): 6 classes x 60 drawings, blocks of 30."""
+    return raw_store
 
 
 def _check_run_folder(out: Path) -> None:
@@ -326,29 +323,26 @@ def test_truncated_files_are_refused(tmp_path, small_store):
 @pytest.mark.parametrize("name, write", [("p.csv", write_predictions), ("p.csv.gz", write_predictions),
                                          ("sub.csv", write_submission)])
 def test_disk_full_mid_write_keeps_the_previous_file(tmp_path, monkeypatch, name, write):
-    """ENOSPC on the third write call of a prediction file or submission: the previous file is intact and no
+    """ENOSPC in the middle of writing a prediction file or submission: the previous file is intact and no
     temporary file is left."""
     rng = np.random.default_rng(0)
     path, classes = tmp_path / name, ["a", "b", "c", "d"]
     write(path, np.arange(40), rng.random((40, 4)), classes)
     before = path.read_bytes()
-    real_open = predictions._open_text
+    real_open = open
 
-    def full_disk_open(p: Path, mode: str):
-        f = real_open(p, mode)
-        real_write, calls = f.write, []
+    def full_disk_open(p, mode, **kw):
+        """The temporary file qdraw.atomic writes: its first write lands half its bytes, then the disk is full."""
+        f = real_open(p, mode, **kw)
+        real_write = f.write
 
-        def write_then_fail(s: str) -> int:
-            calls.append(s)
-            if len(calls) == 3:
-                real_write(s[: len(s) // 2])
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return real_write(s)
+        def write_then_fail(data: bytes) -> int:
+            real_write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
         f.write = write_then_fail
         return f
 
-    monkeypatch.setattr(predictions, "_open_text", full_disk_open)
-    monkeypatch.setattr(predictions, "_WRITE_CHUNK", 4)  # many write calls, so the failure lands mid-file
+    monkeypatch.setattr(atomic, "open", full_disk_open, raising=False)
     with pytest.raises(OSError, match="No space left"):
         write(path, np.arange(40) + 1000, rng.random((40, 4)), classes)
     assert path.read_bytes() == before

@@ -15,6 +15,7 @@ from torch import nn
 from torchvision.models.resnet import Bottleneck
 
 import models
+from qdraw import zoo
 from qdraw.cbam import CBAM, CBAMBottleneck, ChannelAttention, SpatialAttention
 
 NUM_CLASSES = 5
@@ -78,7 +79,7 @@ def test_weights_file_roundtrip(name: str, tmp_path: Path):
     src, head = source.state_dict(), models.model_cfgs[name].classifier
     assert other[f"{head}.weight"].shape[0] == NUM_CLASSES + 2
     for key, value in other.items():
-        if not models._under(key, head):
+        if not zoo._under(key, head):
             assert torch.equal(value, src[key]), key
 
 
@@ -156,7 +157,7 @@ def test_resnet50_weights_fill_cbam_resnet50_except_attention():
 
 
 def test_register_duplicate_raises(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(models, "_model_entrypoints", dict(models._model_entrypoints))
+    monkeypatch.setattr(zoo, "_model_entrypoints", dict(zoo._model_entrypoints))
     with pytest.raises(ValueError, match="resnet34"):
         models.register_model(models.resnet34)
 

@@ -60,7 +60,7 @@ def test_outputs_and_tta_arithmetic(setup):
     assert pred.classes == store.classes and np.array_equal(pred.key_ids, ds.key_ids)
     expected = (_reference(model, store, False) + _reference(model, store, True)) / 2
     np.testing.assert_allclose(pred.probs, expected, rtol=2e-5, atol=2e-6)  # CSV keeps 6 significant digits
-    assert "MAP@3" in out and f"({len(ds)} labelled)" in out
+    assert "MAP@3" in out and f"{len(ds)} labelled drawings" in out
     rows = list(csv.reader(open(tmp / "s.csv")))
     assert rows[0] == ["key_id", "word"] and len(rows) == len(ds) + 1
     words = {w.replace(" ", "_") for w in store.classes}
@@ -80,7 +80,7 @@ def test_kaggle_csv_input_equals_store_test_split(setup, shared_data):
     assert len(b.key_ids) == n_test  # every test drawing is predicted, labelled or not
     pos = {int(k): i for i, k in enumerate(b.key_ids)}
     np.testing.assert_array_equal(b.probs[[pos[int(k)] for k in a.key_ids]], a.probs)
-    assert f"({len(a.key_ids)} labelled)" in out
+    assert f"{len(a.key_ids)} labelled drawings" in out
 
 
 def test_time_checkpoint_on_simplified_input_is_one_line(setup):
@@ -91,4 +91,4 @@ def test_time_checkpoint_on_simplified_input_is_one_line(setup):
     res = subprocess.run([sys.executable, str(ROOT / "predict.py"), "--checkpoint", str(tmp / "time.pth"),
                           "--input", str(tmp / "store"), "--output", "t.csv"], capture_output=True, text=True, cwd=tmp)
     assert res.returncode == 1 and "Traceback" not in res.stderr
-    assert res.stderr.startswith("error:") and "needs raw strokes" in res.stderr
+    assert res.stderr.startswith("error:") and "needs stroke timing" in res.stderr

@@ -11,8 +11,8 @@ import pytest
 
 from data_loader_rgb import grey_colors, rgb_colors
 from data_loader_time import time_colors
-from qdraw.raster import (Sources, check_geometry, default_line_width, draw, get_encoding, list_encodings,
-                          pack_strokes, rasterize)
+from qdraw.encoding import get_encoding, list_encodings
+from qdraw.raster import Sources, check_geometry, default_line_width, draw, pack_strokes, rasterize
 from qdraw.store import concat_blocks, make_block
 
 

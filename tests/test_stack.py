@@ -133,7 +133,7 @@ def test_cli_folds_write_one_model_per_fold(tmp_path: Path, capsys: pytest.Captu
     (lambda v, t: ["--test", *t[:2]], "--test has 2 files for 3 --val files"),
     (lambda v, t: ["--test", *t, "--top-k", "2"], "--top-k must be at least 3"),
     (lambda v, t: ["--test", *t, "--folds", "1"], "--folds must be 0"),
-    (lambda v, t: [], "--output and --save-probs need --test"),
+    (lambda v, t: [], "--submission and --preds need --test"),
 ])
 def test_cli_flag_conflicts(tmp_path: Path, capsys: pytest.CaptureFixture, argv_change, message: str) -> None:
     val, test, sol, _ = _write_model_files(tmp_path)

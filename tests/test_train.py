@@ -16,6 +16,7 @@ import yaml
 from torch import nn
 
 import models
+from common import SIX_CLASSES
 import train
 from qdraw.checkpoint import load_checkpoint
 from qdraw.config import parse_args
@@ -25,16 +26,13 @@ from qdraw.prepare import PrepareOptions, prepare
 from qdraw.synthetic import write_ndjson
 
 ROOT = Path(__file__).resolve().parents[1]
-CLASSES = ["circle", "square", "triangle", "star", "house", "zigzag"]
+CLASSES = SIX_CLASSES
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    """A raw synthetic store: 6 classes x 60 drawings, blocks of 30, about 1 in 10 drawings for validation."""
-    root = tmp_path_factory.mktemp("store")
-    write_ndjson(root / "src", 60, seed=1, classes=CLASSES)
-    prepare(PrepareOptions(output=str(root / "st"), block_size=30, val_every=10, workers=1), root / "src")
-    return root / "st"
+def store(raw_store) -> Path:
+    """The shared raw synthetic store (conftest.raw_store): 6 classes x 60 drawings, blocks of 30."""
+    return raw_store
 
 
 def _argv(store: Path, out: Path, *extra: str) -> list[str]:
@@ -253,7 +251,7 @@ def test_torchrun_two_cpu_processes(store, tmp_path):
 def test_bench_train_smoke(store, capsys):
     import argparse
 
-    from qdraw import bench_train
+    from benchmarks import bench_train
 
     p = argparse.ArgumentParser()
     bench_train.add_args(p)

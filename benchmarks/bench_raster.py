@@ -17,9 +17,12 @@ import time
 import numpy as np
 import torch
 
-from .dataset import BalancedBlockDataset, create_loader, default_samples_per_class
-from .raster import Encoding, Sources, check_geometry, check_time, draw, get_encoding
-from .store import Store, read_block
+import data_loader_rgb  # noqa: F401  (registers grey, rgb)
+import data_loader_time  # noqa: F401  (registers time)
+from qdraw.dataset import BalancedBlockDataset, create_loader, default_samples_per_class
+from qdraw.encoding import Encoding, check_time, get_encoding
+from qdraw.raster import Sources, check_geometry, draw
+from qdraw.store import Store, read_block
 
 
 def add_args(p: argparse.ArgumentParser) -> None:

@@ -49,7 +49,7 @@ def time_forward(model: torch.nn.Module, size: int, batch_size: int, iters: int)
 
 def bench_models(args: argparse.Namespace) -> None:
     """Print the Markdown model card for `args.models` (all registered models when empty)."""
-    import models  # top-level registry; imported here so `bench.py --help` stays light
+    import models  # the zoo; imported here so `bench.py --help` stays light
 
     names = [n for n in args.models.split(",") if n] or models.list_models()
     unknown = [n for n in names if n not in models.list_models() and not n.startswith("timm/")]
