@@ -5,6 +5,7 @@ benchmarks/, one module per command, each timing the real code paths.
     python bench.py raster --encoding rgb --size 128 --data data/kaggle_simplified
     python bench.py models --size 128
     python bench.py train --model resnet34 --size 128
+    python bench.py store --data data/kaggle_simplified
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ COMMANDS = {
     "raster": "benchmarks.bench_raster",
     "models": "benchmarks.bench_models",
     "train": "benchmarks.bench_train",
+    "store": "benchmarks.bench_store",
 }
 
 

@@ -38,10 +38,13 @@ def _time_kernel(xy, t, strokes, drawings, out):
         s0, s1 = drawings[d], drawings[d + 1]
         t_end = 0
         for s in range(s0, s1):
-            t_end = max(t_end, t[strokes[s + 1] - 1])
+            if strokes[s + 1] > strokes[s]:  # an empty stroke (never in a store) has no last time
+                t_end = max(t_end, t[strokes[s + 1] - 1])
         prev_end = 0
         for s in range(s0, s1):
             a, e = strokes[s], strokes[s + 1]
+            if e <= a:
+                continue
             length = stroke_length(xy, a, e)
             duration = t[e - 1] - t[a]
             if length <= 0:

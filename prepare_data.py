@@ -8,20 +8,27 @@ to a Kaggle train folder (``../test_<kind>.csv``) is packed as the test set, wit
     python prepare_data.py --input synthetic --output data/synthetic
     python prepare_data.py --input ../shared/data/quickdraw/kaggle/train_simplified --output data/kaggle_simplified
     python prepare_data.py --input ../shared/data/quickdraw/raw --output data/raw16 --classes airplane,cat,eye
+    python prepare_data.py --verify data/kaggle_simplified      # check every block, CRC-32 included
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import fields
 
 from qdraw.prepare import PrepareOptions, prepare_input, report
+from qdraw.store import Store, StoreError
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", required=True, help="folder of per-class .csv/.ndjson files, or 'synthetic'")
-    p.add_argument("--output", required=True, help="store folder to write (reruns skip finished classes)")
+    p.add_argument("--input", default=None, help="folder of per-class .csv/.ndjson files, or 'synthetic' (required "
+                   "unless --verify)")
+    p.add_argument("--output", default=None, help="store folder to write (reruns skip finished classes; required "
+                   "unless --verify)")
+    p.add_argument("--verify", default=None, metavar="STORE",
+                   help="check every block of a prepared store (structure, labels, CRC-32) instead of packing")
     p.add_argument("--block-size", type=int, default=10000, help="drawings per training block (default 10000)")
     p.add_argument("--val-every", type=int, default=30, help="1 in N drawings (by key_id) go to validation (default 30)")
     p.add_argument("--classes", default=None, help="comma list or a file of class names to keep (default all)")
@@ -34,7 +41,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def verify(root: str) -> None:
+    """Check a whole store; one line per damaged block, and a non-zero exit when any is found."""
+    try:
+        n, problems = Store(root).verify()
+    except StoreError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+    if problems:
+        raise SystemExit(f"error: {len(problems)} problem(s) in {n} blocks of {root}")
+    print(f"{root}: {n} blocks verified (structure, labels, CRC-32): all sound")
+
+
 def main(args: argparse.Namespace) -> None:
+    if args.verify:
+        return verify(args.verify)
+    if not (args.input and args.output):
+        raise SystemExit("error: --input and --output are required (or --verify STORE)")
     if args.block_size < 1 or args.val_every < 2:
         raise SystemExit("error: --block-size must be >= 1 and --val-every >= 2")
     if (args.max_per_class is not None and args.max_per_class < 1) or args.synthetic_per_class < 1:

@@ -18,7 +18,7 @@ import data_loader_time  # noqa: F401  (registers time)
 from qdraw.atomic import atomic_write
 from qdraw.encoding import Encoding, check_time, get_encoding
 from qdraw.raster import check_geometry, rasterize
-from qdraw.store import Block, Store, concat_blocks, read_block
+from qdraw.store import Block, Store, concat_blocks
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -44,7 +44,7 @@ def pick_drawings(store: Store, split: str, n: int, seed: int) -> Block:
         paths = store.test_blocks()
         if not paths:
             raise ValueError(f"{store.root}: no test split")
-        block = read_block(paths[0])
+        block = store.read_block(paths[0])
         return block.select(np.sort(rng.choice(len(block), min(n, len(block)), replace=False)))
     files = {c: (store.val_blocks(c) if split == "val" else store.train_blocks(c))[:1]
              for c in range(store.num_classes)}
@@ -54,7 +54,7 @@ def pick_drawings(store: Store, split: str, n: int, seed: int) -> Block:
     chosen = rng.choice(classes, n, replace=n > len(classes))
     picked = []
     for c in chosen:
-        block = read_block(files[c][0])
+        block = store.read_block(files[c][0])
         picked.append(block.select([rng.integers(len(block))]))
     return concat_blocks(picked)
 

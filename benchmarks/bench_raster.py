@@ -22,7 +22,7 @@ import data_loader_time  # noqa: F401  (registers time)
 from qdraw.dataset import BalancedBlockDataset, create_loader, default_samples_per_class
 from qdraw.encoding import Encoding, check_time, get_encoding
 from qdraw.raster import Sources, check_geometry, draw
-from qdraw.store import Store, read_block
+from qdraw.store import Store
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> None:
     paths = [p for c in range(store.num_classes) for p in store.train_blocks(c)]
     if not paths:
         raise SystemExit(f"error: {args.data}: no training blocks")
-    sources = Sources([read_block(p) for p in paths])
+    sources = Sources([store.read_block(p) for p in paths])
     src, idx = _order(sources, args.drawings, args.seed)
     _time_path(sources, src[:8], idx[:8], enc, args.size, lw, margin, args.batch_size, False)  # JIT load
     fast = len(src) / _time_path(sources, src, idx, enc, args.size, lw, margin, args.batch_size, False)

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker
 
 from .encoding import check_time, get_encoding
 from .raster import Sources, check_geometry, rasterize, warm_up
-from .store import Block, Store, StoreError, mix64, read_block
+from .store import Block, Store, StoreError, mix64
 
 __all__ = ["BalancedBlockDataset", "SplitDataset", "EpochLoader", "create_loader", "epoch_plan", "flip_bits",
            "to_model_input"]
@@ -179,7 +179,7 @@ class BalancedBlockDataset(_RasterDataset):
         blocks = []
         for c, b in enumerate(chosen):
             files = self.store.train_blocks(c)
-            block = read_block(files[b]) if len(files) == len(self.block_sizes[c]) else None
+            block = self.store.read_block(files[b]) if len(files) == len(self.block_sizes[c]) else None
             if block is None or len(block) != self.block_sizes[c][b]:
                 raise StoreError(f"{self.store.class_dir(c)}: training blocks differ from meta.json; "
                                  f"re-run prepare_data.py")
@@ -225,7 +225,7 @@ class SplitDataset(_RasterDataset):
         self.split, self.flip = split, bool(flip)
         src, local, labels, keys = [], [], [], []
         for i, path in enumerate(self.paths):
-            block = read_block(path)
+            block = self.store.read_block(path)
             src.append(np.full(len(block), i, np.int64))
             local.append(np.arange(len(block), dtype=np.int64))
             labels.append(np.asarray(block.label, np.int64))
@@ -244,7 +244,7 @@ class SplitDataset(_RasterDataset):
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self._check_indices(indices)
-        sources = self._open(self.split, lambda: [read_block(p) for p in self.paths])
+        sources = self._open(self.split, lambda: [self.store.read_block(p) for p in self.paths])
         flip = np.full(len(idx), self.flip) if self.flip else None
         return self._render(sources, self._src[idx], self._local[idx], flip), torch.from_numpy(self.labels[idx])
 

@@ -32,7 +32,7 @@ from numba import njit
 from numba.typed import List
 
 from .encoding import Encoding, check_time, get_encoding
-from .store import Block, make_block
+from .store import Block, StoreError, make_block
 
 
 def default_line_width(size: int) -> int:
@@ -173,6 +173,12 @@ def _gather_kernel(xys, ts, strokess, drawingss, src, idx, with_t):
     for j in range(n):
         st, dr = strokess[src[j]], drawingss[src[j]]
         s0, s1 = dr[idx[j]], dr[idx[j] + 1]
+        # Defence in depth (blocks are validated when opened): offsets that would read outside the source arrays
+        # return an empty result instead; one comparison per drawing, not per point.
+        if not (0 <= s0 <= s1 < len(st)) or not (0 <= st[s0] <= st[s1] <= len(xys[src[j]])):
+            return np.empty((0, 2), np.uint8), np.empty(0, np.int32), np.empty(0, np.int64), np.empty(0, np.int64)
+        if with_t and len(ts[src[j]]) != len(xys[src[j]]):
+            return np.empty((0, 2), np.uint8), np.empty(0, np.int32), np.empty(0, np.int64), np.empty(0, np.int64)
         n_s += s1 - s0
         n_p += st[s1] - st[s0]
     xy = np.empty((n_p, 2), np.uint8)
@@ -235,7 +241,20 @@ class Sources:
         with_time = with_time and self.has_time
         xy, t, strokes, drawings = _gather_kernel(self._xy, self._t, self._strokes, self._drawings, src, idx,
                                                   with_time)
+        if len(drawings) != len(src) + 1:
+            raise StoreError("a block's stroke or drawing offsets point outside its arrays (damaged block)")
         return xy, (t if with_time else None), strokes, drawings
+
+
+def check_packed(xy: np.ndarray, t: np.ndarray | None, strokes: np.ndarray, drawings: np.ndarray) -> None:
+    """ValueError unless the offsets index inside the arrays: strokes from 0 to len(xy) and drawings from 0 to the
+    stroke count, never decreasing, and t (when given) one per point. The kernels trust this; checking it costs two
+    vectorised passes over the offsets of a batch (microseconds), so it is done on every call."""
+    for name, off, end in (("strokes", strokes, len(xy)), ("drawings", drawings, len(strokes) - 1)):
+        if off.ndim != 1 or len(off) < 1 or off[0] != 0 or off[-1] != end or (len(off) > 1 and np.diff(off).min() < 0):
+            raise ValueError(f"{name} offsets must run from 0 to {end} without decreasing")
+    if xy.ndim != 2 or xy.shape[1] != 2 or (t is not None and len(t) != len(xy)):
+        raise ValueError(f"xy must be (P, 2) and t (P,), got {xy.shape} and {None if t is None else t.shape}")
 
 
 def draw(xy: np.ndarray, strokes: np.ndarray, drawings: np.ndarray, colors: np.ndarray, size: int = 128,
@@ -247,6 +266,9 @@ def draw(xy: np.ndarray, strokes: np.ndarray, drawings: np.ndarray, colors: np.n
     (C-contiguous; overwritten, so it may come from np.empty/torch.empty).
     """
     line_width, margin = check_geometry(size, line_width, margin)
+    xy, strokes, drawings = (np.ascontiguousarray(xy, np.uint8), np.ascontiguousarray(strokes, np.int64),
+                             np.ascontiguousarray(drawings, np.int64))
+    check_packed(xy, None, strokes, drawings)
     n = len(drawings) - 1
     colors = np.ascontiguousarray(colors, np.uint8)
     if colors.ndim != 2 or len(colors) != len(xy):
@@ -259,8 +281,7 @@ def draw(xy: np.ndarray, strokes: np.ndarray, drawings: np.ndarray, colors: np.n
     flips = np.zeros(n, np.bool_) if flip is None else np.ascontiguousarray(flip, np.bool_)
     if len(flips) != n:
         raise ValueError(f"flip must have one entry per drawing ({n}), got {len(flips)}")
-    _draw_kernel(np.ascontiguousarray(xy, np.uint8), np.ascontiguousarray(strokes, np.int64),
-                 np.ascontiguousarray(drawings, np.int64), colors, flips, line_width, margin, out)
+    _draw_kernel(xy, strokes, drawings, colors, flips, line_width, margin, out)
     return out
 
 
@@ -270,6 +291,9 @@ def rasterize(xy: np.ndarray, t: np.ndarray | None, strokes: np.ndarray, drawing
     """Encode and draw a packed batch: uint8 (B, channels, size, size). See the module docstring for the geometry."""
     enc = get_encoding(encoding)
     check_time(enc, t is not None)
+    xy, strokes, drawings = (np.ascontiguousarray(xy, np.uint8), np.ascontiguousarray(strokes, np.int64),
+                             np.ascontiguousarray(drawings, np.int64))
+    check_packed(xy, t, strokes, drawings)  # before the encoding's kernel indexes through the offsets
     return draw(xy, strokes, drawings, enc.colors(xy, t, strokes, drawings), size, line_width, margin, flip, out)
 
 

@@ -30,17 +30,18 @@ when all its blocks are written, so a killed prepare never leaves a half block t
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .atomic import atomic_write
+from .validate import FIELDS, StoreError, check_block, check_checksums, check_header
 
 FORMAT_VERSION = 1
 MAGIC = b"QDBLOCK1"
 _ALIGN = 64
-FIELDS = ("xy", "t", "strokes", "drawings", "label", "key_id", "country", "recognized")
 
 
 def mix64(z: np.ndarray) -> np.ndarray:
@@ -51,10 +52,6 @@ def mix64(z: np.ndarray) -> np.ndarray:
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         return z ^ (z >> np.uint64(31))
-
-
-class StoreError(ValueError):
-    """A store or block that is missing, truncated, of another format version or inconsistent."""
 
 
 @dataclass
@@ -144,18 +141,19 @@ def make_block(xy: np.ndarray, t: np.ndarray | None, stroke_lens: np.ndarray, dr
 
 
 def write_block(path: Path, block: Block) -> None:
-    """Write a block atomically (qdraw.atomic: a hidden temporary file, fsync, rename)."""
+    """Write a block atomically (qdraw.atomic: a hidden temporary file, fsync, rename), with each array's CRC-32."""
     path = Path(path)
-    header, offset, arrays = {}, 0, []
+    header, sums, offset, arrays = {}, {}, 0, []
     for name in FIELDS:
         arr = getattr(block, name)
         if arr is None:
             continue
         arr = np.ascontiguousarray(arr)
         header[name] = {"dtype": arr.dtype.str, "shape": list(arr.shape), "offset": offset}
+        sums[name] = zlib.crc32(arr.view(np.uint8).reshape(-1))
         arrays.append(arr)
         offset += -(-arr.nbytes // _ALIGN) * _ALIGN
-    head = json.dumps({"version": FORMAT_VERSION, "arrays": header, "nbytes": offset}).encode()
+    head = json.dumps({"version": FORMAT_VERSION, "arrays": header, "nbytes": offset, "crc32": sums}).encode()
     head += b" " * (-(len(MAGIC) + 8 + len(head)) % _ALIGN)
     with atomic_write(path) as f:
         f.write(MAGIC + len(head).to_bytes(8, "little") + head)
@@ -164,38 +162,44 @@ def write_block(path: Path, block: Block) -> None:
             f.write(b"\0" * (-arr.nbytes % _ALIGN))
 
 
-def read_block(path: Path, mmap: bool = True) -> Block:
-    """Open a block, memory-mapped by default; raise StoreError for anything truncated or of another version."""
+def read_block(path: Path, mmap: bool = True, label_is: int | None = None, num_classes: int | None = None,
+               verify: bool = True) -> Block:
+    """Open a block (memory-mapped by default) after checking everything the kernels rely on (qdraw.validate).
+
+    label_is / num_classes: the labels the block may hold (its class, or -1 and 0..num_classes-1); verify=False
+    skips the CRC-32 comparison (the structural checks always run). Raises StoreError naming the file and the fault.
+    """
     path = Path(path)
     try:
+        size = path.stat().st_size
         with open(path, "rb") as f:
             magic, hlen = f.read(8), int.from_bytes(f.read(8), "little")
             if magic != MAGIC:
                 raise StoreError(f"{path}: not a .qdb block (bad magic)")
+            if hlen > size - 16:
+                raise StoreError(f"{path}: truncated block (header of {hlen} bytes in a {size}-byte file)")
             header = json.loads(f.read(hlen))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         if isinstance(exc, StoreError):
             raise
         raise StoreError(f"{path}: unreadable block ({exc})") from exc
-    if header.get("version") != FORMAT_VERSION:
-        raise StoreError(f"{path}: block format version {header.get('version')}, this code reads {FORMAT_VERSION}")
+    version = header.get("version") if isinstance(header, dict) else None
+    if version != FORMAT_VERSION:
+        raise StoreError(f"{path}: block format version {version!r}, this code reads {FORMAT_VERSION}")
     start = 16 + hlen
-    if path.stat().st_size < start + header["nbytes"] - _ALIGN:
-        raise StoreError(f"{path}: truncated block")
-    raw = np.memmap(path, np.uint8, "r") if mmap else np.fromfile(path, np.uint8)
+    specs = check_header(header, path, start, size, _ALIGN)
+    raw = np.memmap(path, np.uint8, "r") if mmap and size else np.fromfile(path, np.uint8)
     arrays = {}
-    for name, spec in header["arrays"].items():
+    for name, spec in specs.items():
         dt = np.dtype(spec["dtype"])
-        n = int(np.prod(spec["shape"], dtype=np.int64)) * dt.itemsize
         a = start + spec["offset"]
-        if a + n > len(raw):
-            raise StoreError(f"{path}: truncated block")
-        arrays[name] = raw[a:a + n].view(dt).reshape(spec["shape"])
+        arrays[name] = raw[a:a + int(np.prod(spec["shape"], dtype=np.int64)) * dt.itemsize].view(dt).reshape(
+            spec["shape"])
+    if verify:
+        check_checksums(header, arrays, path)
     arrays.setdefault("t", None)
-    block = Block(**arrays)
-    if len(block.drawings) != len(block.label) + 1 or block.strokes[-1] != len(block.xy):
-        raise StoreError(f"{path}: inconsistent offsets")
-    return block
+    check_block(**arrays, path=path, label_is=label_is, num_classes=num_classes)
+    return Block(**arrays)
 
 
 class Store:
@@ -215,8 +219,15 @@ class Store:
             raise StoreError(f"{self.root}: store format version {version}, this code reads {FORMAT_VERSION}; "
                              f"re-run prepare_data.py")
         classes, kind = self.meta.get("classes"), self.meta.get("kind")
-        if not isinstance(classes, list) or not classes or kind not in ("simplified", "raw"):
-            raise StoreError(f"{meta_path}: needs a non-empty 'classes' list and 'kind' simplified or raw")
+        if (not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes)
+                or kind not in ("simplified", "raw")):
+            raise StoreError(f"{meta_path}: needs a non-empty 'classes' list of names and 'kind' simplified or raw")
+        sizes = self.meta.get("train_block_sizes", {})
+        if not isinstance(sizes, dict) or not all(
+                isinstance(k, str) and k.isdigit() and int(k) < len(classes) and isinstance(v, list)
+                and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in v)
+                for k, v in sizes.items()):
+            raise StoreError(f"{meta_path}: 'train_block_sizes' must map class indices to lists of positive counts")
         self.classes: list[str] = list(classes)
         self.kind: str = kind
 
@@ -241,6 +252,48 @@ class Store:
 
     def test_blocks(self) -> list[Path]:
         return sorted((self.root / "test").glob("block_*.qdb"))
+
+    def read_block(self, path: str | Path, verify: bool = True) -> Block:
+        """A block of this store, checked (qdraw.validate) with the labels its place allows: a class folder's blocks
+        hold only that class, the test split -1 or any class; a raw store's blocks carry times, a simplified one's
+        none. StoreError otherwise."""
+        path = Path(path)
+        folder = path.parent
+        label_is = int(folder.name) if folder.parent.name == "classes" and folder.name.isdigit() else None
+        if label_is is not None and label_is >= self.num_classes:
+            raise StoreError(f"{path}: class folder {folder.name} is past the store's {self.num_classes} classes")
+        block = read_block(path, label_is=label_is, num_classes=self.num_classes, verify=verify)
+        if (block.t is not None) != self.has_time:
+            raise StoreError(f"{path}: a {'raw' if block.t is not None else 'simplified'} block in a {self.kind} store")
+        return block
+
+    def verify(self) -> tuple[int, list[str]]:
+        """Open every block with every check, CRC-32 included, and compare counts with meta.json.
+
+        Returns the number of blocks checked and one line per problem found (empty when the store is sound).
+        """
+        problems, n = [], 0
+        sizes = self.block_sizes()
+        for c in range(self.num_classes):
+            for kind, paths in (("train", self.train_blocks(c)), ("val", self.val_blocks(c))):
+                got = []
+                for path in paths:
+                    n += 1
+                    try:
+                        got.append(len(self.read_block(path)))
+                    except StoreError as exc:
+                        problems.append(str(exc))
+                        got.append(None)
+                if kind == "train" and got != sizes.get(c, []) and None not in got:
+                    problems.append(f"{self.class_dir(c)}: training blocks hold {got} drawings, meta.json says "
+                                    f"{sizes.get(c, [])}")
+        for path in self.test_blocks():
+            n += 1
+            try:
+                self.read_block(path)
+            except StoreError as exc:
+                problems.append(str(exc))
+        return n, problems
 
     def block_sizes(self) -> dict[int, list[int]]:
         """Drawings per training block for each class, from meta.json (no block is opened)."""

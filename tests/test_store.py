@@ -61,3 +61,22 @@ def test_store_meta_checks(tmp_path):
     (tmp_path / "meta.json").write_text(json.dumps({"version": FORMAT_VERSION + 1}))
     with pytest.raises(StoreError, match="re-run prepare_data.py"):
         Store(tmp_path)
+
+
+def test_verify_cli_reports_damage(tmp_path, raw_store, capsys):
+    """prepare_data.py --verify: a sound store passes; a flipped byte in one block is one error line, exit != 0."""
+    import shutil
+
+    import prepare_data
+
+    shutil.copytree(raw_store, tmp_path / "st")
+    prepare_data.main(prepare_data.get_args_parser().parse_args(["--verify", str(tmp_path / "st")]))
+    assert "all sound" in capsys.readouterr().out
+    block = sorted((tmp_path / "st").glob("classes/004/train_*.qdb"))[0]
+    data = bytearray(block.read_bytes())
+    data[-70] ^= 0x10  # inside the last arrays, before their padding
+    block.write_bytes(bytes(data))
+    with pytest.raises(SystemExit, match="1 problem"):
+        prepare_data.main(prepare_data.get_args_parser().parse_args(["--verify", str(tmp_path / "st")]))
+    err = capsys.readouterr().err
+    assert str(block) in err and "CRC-32" in err
