@@ -15,6 +15,16 @@ centred on its bounding box; dots are drawn; size and line width are parameters.
           B = ink: 255 wherever a stroke is drawn (the drawing's shape on its own).
           (The original's R = stroke index, G = 255 - R carried one number twice; here the three channels differ.)
 
+  Two channel layouts of peer solutions (the Kaggle 2018 competition), as their write-ups describe them:
+
+    points  (21st place) R = stroke index: round(255 * min(i, 15) / 15), the first stroke 0, the 16th and later 255;
+            G = the stroke's number of points: round(255 * min(n, 64) / 64); B = 255 (constant ink).
+    thirds  (14th place) cumulative thirds of the strokes: R = 255 on the first ceil(n / 3) strokes of n, G on the
+            first ceil(2n / 3), B on all of them, 0 elsewhere. Each channel is the union of its strokes (a later
+            stroke crossing an earlier one must not erase it), so this encoding is drawn last stroke first: every
+            pixel takes the colour of the earliest stroke through it, and since the colours are nested (an earlier
+            stroke's channels include a later one's) that equals the per-channel union exactly.
+
     python visualize.py --data data/kaggle_simplified --encodings grey,rgb --output grid.png
     python bench.py raster --encoding rgb --size 128 --data data/kaggle_simplified
 """
@@ -60,6 +70,31 @@ def rgb_colors(xy: np.ndarray, t: np.ndarray | None, strokes: np.ndarray, drawin
     return out
 
 
+POINTS_INDEX_MAX, POINTS_COUNT_MAX = 15, 64
+
+
+def points_colors(xy: np.ndarray, t: np.ndarray | None, strokes: np.ndarray, drawings: np.ndarray) -> np.ndarray:
+    """(stroke index, points in the stroke, ink) per point: uint8 (P, 3), as for ``points`` above."""
+    index, _ = stroke_order(drawings)
+    per_stroke = np.empty((len(index), 3), np.uint8)
+    per_stroke[:, 0] = np.floor(255 * np.minimum(index, POINTS_INDEX_MAX) / POINTS_INDEX_MAX + 0.5)
+    per_stroke[:, 1] = np.floor(255 * np.minimum(np.diff(strokes), POINTS_COUNT_MAX) / POINTS_COUNT_MAX + 0.5)
+    per_stroke[:, 2] = 255
+    return per_stroke[point_stroke(strokes)]
+
+
+def thirds_colors(xy: np.ndarray, t: np.ndarray | None, strokes: np.ndarray, drawings: np.ndarray) -> np.ndarray:
+    """255 in channel c (0, 1, 2) on the strokes of the first (c + 1) thirds of each drawing: uint8 (P, 3)."""
+    index, count = stroke_order(drawings)
+    per_stroke = np.empty((len(index), 3), np.uint8)
+    per_stroke[:, 0] = np.where(index < -(-count // 3), 255, 0)
+    per_stroke[:, 1] = np.where(index < -(-2 * count // 3), 255, 0)
+    per_stroke[:, 2] = 255
+    return per_stroke[point_stroke(strokes)]
+
+
 GREY = register_encoding(Encoding("grey", 1, False, grey_colors, ("stroke order",)))
 RGB = register_encoding(Encoding("rgb", 3, False, rgb_colors, ("stroke order", "along the stroke", "ink")))
-
+POINTS = register_encoding(Encoding("points", 3, False, points_colors, ("stroke index", "points in stroke", "ink")))
+THIRDS = register_encoding(Encoding("thirds", 3, False, thirds_colors, ("first third", "first two thirds", "all"),
+                                    reverse=True))

@@ -30,7 +30,7 @@ from qdraw.checkpoint import CheckpointError, check_compatible, raster_spec
 from qdraw.dataset import SplitDataset
 from qdraw.distributed import pick_device
 from qdraw.encoding import check_time
-from qdraw.inference import load_model, open_input, predict_probs
+from qdraw.inference import WEIGHTS, load_model, open_input, predict_probs, select_weights
 from qdraw.metrics import format_table, ranking_metrics
 from qdraw.predictions import balance, write_labels, write_predictions, write_submission
 from qdraw.store import StoreError
@@ -49,13 +49,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", "--labels-output", dest="labels", default=None,
                    help="write the input's labels as key_id,word, for blend2.py / stack.py (--labels-output is its "
                    "older name; default: none)")
+    p.add_argument("--weights", choices=WEIGHTS, default="auto",
+                   help="the checkpoint's EMA weights, its raw training weights, or auto: EMA when the run kept one "
+                   "(default auto)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False,
                    help="average with the horizontally flipped drawings (default off)")
     p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=False,
                    help="rescale probabilities so predicted class counts are even, for class-balanced test sets "
                    "(qdraw.predictions.balance; default off)")
     p.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
-    p.add_argument("--workers", type=int, default=2, help="loader processes (default 2)")
+    p.add_argument("--workers", type=int, default=2, help="loader threads drawing batches (default 2)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off", help="autocast on CUDA (default off)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -76,7 +79,7 @@ def main(args: argparse.Namespace) -> None:
         _check_outputs(args)
         device = pick_device(args.device)
         amp = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp] if device.type == "cuda" else None
-        model, ckpt = load_model(args.checkpoint, device)
+        model, ckpt = load_model(args.checkpoint, device, args.weights)
         classes = list(ckpt["classes"])
         with ExitStack() as stack:
             store, split = open_input(args.input, classes, args.split, stack)
@@ -95,7 +98,7 @@ def main(args: argparse.Namespace) -> None:
         probs = balance(probs)
     labelled = ds.labels >= 0
     if labelled.any():
-        rows = [(f"{Path(args.checkpoint).name}{' + TTA' if args.tta else ''}",
+        rows = [(f"{Path(args.checkpoint).name} ({select_weights(ckpt, args.weights)[0]}){' + TTA' if args.tta else ''}",
                  ranking_metrics(probs[labelled], ds.labels[labelled]))]
         print(format_table(rows, title=f"{int(labelled.sum())} labelled drawings"))
     try:  # each file is written to a temporary name and renamed: a failure or a kill leaves no partial file

@@ -14,42 +14,26 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
-import random
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Subset
 
 import data_loader_rgb  # noqa: F401  (registers the grey and rgb encodings)
 import data_loader_time  # noqa: F401  (registers the time encoding)
-import models
-from qdraw import dataset as qdata
-from qdraw.atomic import clean_temp_files
-from qdraw.checkpoint import (
-    CHECKPOINT_VERSION,
-    CheckpointError,
-    check_compatible,
-    copy_checkpoint,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
-from qdraw.config import add_config_arg, config_dict, parse_args, write_config
-from qdraw.distributed import DistInfo, all_gather_objects, barrier, cleanup, init_distributed
-from qdraw.encoding import get_encoding
-from qdraw.engine import StepOptions, evaluate, train_one_epoch
+import models  # noqa: F401  (registers the architectures)
+from qdraw.atomic import link_or_copy
+from qdraw.checkpoint import CheckpointError, copy_checkpoint, save_checkpoint, set_rng_state
+from qdraw.config import add_config_arg, parse_args, write_config
+from qdraw.distributed import DistInfo, all_gather_objects, cleanup, init_distributed
+from qdraw.engine import evaluate, train_one_epoch
+from qdraw.job import (AMP_DTYPES, Job, build_job, checkpoint_state, output_dir, resume, seed_all, snapshot_epochs,
+                       weights_checksum, wrap)
+from qdraw.loader import BACKENDS
 from qdraw.logs import TensorBoard, plot_curves, setup_logging, trim_summary, update_summary
-from qdraw.prepare import SYNTHETIC_DIR, ensure_synthetic
-from qdraw.schedule import CosineRestarts
-from qdraw.store import Store, StoreError
+from qdraw.store import StoreError
 
 log = logging.getLogger("train")
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -76,8 +60,11 @@ def _add_data_args(g: argparse._ArgumentGroup) -> None:
                    help="validation drawings per class, at most (default: all)")
     g.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=True,
                    help="random horizontal flips in training (default on)")
-    g.add_argument("--workers", type=int, default=4, help="loader processes per training process, capped at its "
-                   "share of the cores (default 4)")
+    g.add_argument("--workers", type=int, default=4, help="loader threads (or processes, see --loader) per training "
+                   "process, capped at its share of the cores; 0 draws in the training thread (default 4)")
+    g.add_argument("--loader", default="threads", choices=BACKENDS, help="draw batches in threads of the training "
+                   "process, or in DataLoader worker processes; both give the same batches (default threads)")
+    g.add_argument("--prefetch", type=int, default=None, help="batches drawn ahead, in all (default 2 per worker)")
 
 
 def _add_model_args(g: argparse._ArgumentGroup) -> None:
@@ -93,10 +80,17 @@ def _add_model_args(g: argparse._ArgumentGroup) -> None:
 
 def _add_optim_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--epochs", type=int, default=40, help="epochs to train, counting resumed ones (default 40)")
-    g.add_argument("--batch-size", type=int, default=256, help="images per micro-batch per process (default 256)")
+    g.add_argument("--batch-size", type=int, default=256, help="images per micro-batch per process, at most: "
+                   "lowered when an epoch would give fewer than --min-steps-per-epoch steps (default 256)")
+    g.add_argument("--min-steps-per-epoch", type=int, default=100, help="lower the batch (to a multiple of 8, >= 16) "
+                   "until an epoch has this many optimiser steps; 0 = never (default 100)")
     g.add_argument("--accum-steps", type=int, default=1, help="micro-batches per optimiser step (default 1)")
     g.add_argument("--opt", default="adam", choices=["adam", "adamw", "sgd"], help="optimiser (default adam)")
-    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, for --lr-base-batch images per step "
+                   "when that is set (default 1e-3)")
+    g.add_argument("--lr-base-batch", type=int, default=None, help="the global batch --lr is meant for; the rate "
+                   "used is scaled by (global batch / this) ** 0.5 for adam/adamw, ** 1 for sgd (default: no "
+                   "scaling)")
     g.add_argument("--min-lr", type=float, default=1e-5, help="learning rate at the end of each cosine period "
                    "(default 1e-5)")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum, Nesterov (default 0.9)")
@@ -105,11 +99,18 @@ def _add_optim_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--period", type=float, default=32.0, help="first cosine period in epochs (default 32)")
     g.add_argument("--t-mult", type=float, default=1.2, help="each next period is this many times longer, real "
                    ">= 1 (default 1.2)")
+    g.add_argument("--fit-schedule", action=argparse.BooleanOptionalAction, default=True,
+                   help="fit the last cosine cycle to --epochs so the run ends at --min-lr: the cycle running at the "
+                   "end is shortened to end with the run, or, when less than half of it would fit, the previous "
+                   "cycle is stretched to the end instead (default on)")
     g.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up in epochs (default 0)")
     g.add_argument("--warmup-lr", type=float, default=1e-5, help="learning rate at the start of the warm-up "
                    "(default 1e-5)")
     g.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing, 0..1 "
                    "(default 0)")
+    g.add_argument("--ema-decay", type=float, default=0.0, help="keep an exponential moving average of the weights "
+                   "with this decay per step (warmed up as min(decay, (1+n)/(10+n))), evaluated each epoch and "
+                   "saved as 'ema' in the checkpoints; 0 = off (default 0)")
     g.add_argument("--clip-grad", type=float, default=None, help="max gradient L2 norm (default: no clipping)")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision autocast (default: on with CUDA, off on CPU)")
@@ -126,6 +127,10 @@ def _add_output_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--resume", default=None, metavar="PATH", help="continue from a last.pth (default: fresh run)")
     g.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                    help="let a fresh run replace the checkpoints of an earlier run in --output (default off)")
+    g.add_argument("--keep-checkpoints", type=int, default=0, help="also keep the last K epochs' checkpoints as "
+                   "epoch_<e>.pth, for average_checkpoints.py (default 0)")
+    g.add_argument("--snapshots", action=argparse.BooleanOptionalAction, default=False,
+                   help="keep snapshot_<epoch>.pth at the end of every cosine cycle (default off)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="tqdm bar per epoch (default on)")
@@ -136,168 +141,15 @@ def _add_output_args(g: argparse._ArgumentGroup) -> None:
 def _check_args(args: argparse.Namespace) -> None:
     """Reject values no run could use, with one line each (the CLI turns ValueError into 'error: ...')."""
     positive = ("image_size", "epochs", "batch_size", "accum_steps", "period", "line_width", "samples_per_class",
-                "val_per_class", "clip_grad")
+                "val_per_class", "clip_grad", "lr_base_batch", "prefetch")
     for key in positive:
         value = getattr(args, key)
         if value is not None and not value > 0:
             raise ValueError(f"--{key.replace('_', '-')} must be > 0, got {value}")
     if args.workers < 0 or args.lr <= 0 or not 0 <= args.label_smoothing < 1:
         raise ValueError("need --workers >= 0, --lr > 0 and 0 <= --label-smoothing < 1")
-
-
-def _build_data(args: argparse.Namespace, info: DistInfo) -> tuple[Store, qdata.BalancedBlockDataset,
-                                                                   qdata.EpochLoader, qdata.EpochLoader | None]:
-    """Store, training set, training loader and validation loader (None when the store has no validation split).
-
-    Training shards by rank through the loader's DistributedSampler, whose shuffle seed must be the same on every
-    rank; validation is split rank::world_size here (no padding, so every drawing counts once).
-    """
-    workers = _cap_workers(args.workers)
-    if args.data is None and info.is_main:
-        ensure_synthetic(SYNTHETIC_DIR, workers=max(1, workers))
-    barrier()  # the other ranks wait for rank 0 to prepare the synthetic default
-    store = Store(args.data or SYNTHETIC_DIR)
-    train_set = qdata.BalancedBlockDataset(store, args.encoding, image_size=args.image_size,
-                                           line_width=args.line_width, samples_per_class=args.samples_per_class,
-                                           seed=args.seed, hflip=args.hflip)
-    train_loader = qdata.create_loader(train_set, args.batch_size, is_training=True, num_workers=workers,
-                                       distributed=info.distributed, seed=args.seed)
-    if len(train_loader) == 0:
-        raise ValueError(f"--batch-size {args.batch_size} is larger than an epoch ({len(train_set)} drawings "
-                         f"over {info.world_size} process(es))")
-    if not any(store.val_blocks(c) for c in range(store.num_classes)):
-        log.warning("%s has no validation split: no MAP@3, best.pth = last.pth", store.root)
-        return store, train_set, train_loader, None
-    val_set = qdata.SplitDataset(store, "val", args.encoding, image_size=args.image_size,
-                                 line_width=args.line_width, max_per_class=args.val_per_class)
-    val_shard = Subset(val_set, range(info.rank, len(val_set), info.world_size)) if info.distributed else val_set
-    val_loader = qdata.create_loader(val_shard, args.batch_size, is_training=False, num_workers=workers)
-    return store, train_set, train_loader, val_loader
-
-
-def _cap_workers(workers: int) -> int:
-    """At most this process's share of the cores: more loader processes than cores only thrash (results do not
-    depend on the worker count: block choice, shuffle and flips are functions of (seed, epoch, index))."""
-    share = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    if workers > share:
-        log.info("--workers %d capped at %d (cores available to this process)", workers, share)
-    return min(workers, share)
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases and normalisation weights (1-d tensors), as timm's param_groups_weight_decay."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
-
-
-def _create_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
-    groups = _param_groups(model, args.weight_decay)
-    if args.opt == "sgd":
-        return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=args.momentum > 0)
-    cls = torch.optim.AdamW if args.opt == "adamw" else torch.optim.Adam
-    return cls(groups, lr=args.lr)
-
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _checkpoint(args: argparse.Namespace, job: Job, epoch: int, step: int, best: float) -> dict:
-    """The flat, weights_only-loadable dict of qdraw.checkpoint (RNG states of every rank, in rank order)."""
-    scaler = job.opts.scaler
-    return {"version": CHECKPOINT_VERSION, "arch": args.model,
-            "model_args": {"num_classes": job.store.num_classes, "in_chans": job.in_chans},
-            "classes": list(job.store.classes), "num_classes": job.store.num_classes, "encoding": args.encoding,
-            "image_size": args.image_size, "config": config_dict(args), "model": job.model.state_dict(),
-            "optimizer": job.optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
-            "epoch": epoch, "step": step, "best_metric": best, "data_seed": args.seed,
-            "rng": all_gather_objects(rng_state())}
-
-
-def _resume(args: argparse.Namespace, job: Job, info: DistInfo) -> tuple[int, int, float, dict | None]:
-    """Load --resume into model, optimiser and scaler; return (start epoch, global step, best metric, RNG state)."""
-    ckpt = load_checkpoint(args.resume)
-    check_compatible(ckpt, classes=job.store.classes, encoding=args.encoding, image_size=args.image_size,
-                     arch=args.model)
-    job.model.load_state_dict(ckpt["model"])
-    job.optimizer.load_state_dict(ckpt["optimizer"])
-    if job.opts.scaler is not None and ckpt.get("scaler"):
-        job.opts.scaler.load_state_dict(ckpt["scaler"])
-    rng = ckpt["rng"][info.rank] if len(ckpt["rng"]) == info.world_size else None
-    if rng is None:
-        log.warning("checkpoint holds RNG states of %d processes, this run has %d: augmentation restarts from "
-                    "--seed + rank (the run continues, not bit-exactly)", len(ckpt["rng"]), info.world_size)
-    log.info("resuming %s after epoch %d (step %d)", args.resume, ckpt["epoch"], ckpt["step"])
-    return ckpt["epoch"] + 1, ckpt["step"], ckpt["best_metric"], rng
-
-
-def _output_dir(args: argparse.Namespace, is_main: bool) -> Path:
-    """The run folder (checked on every rank so all fail together; created and reset by rank 0 only).
-
-    A resumed run defaults to the checkpoint's folder and appends to its summary.csv; a fresh run refuses a folder
-    holding an earlier run's last.pth unless --overwrite, and then starts a new summary.csv. Temporary checkpoints
-    left by a killed run are removed.
-    """
-    default = Path(args.resume).parent if args.resume else Path(f"runs/{args.model}-{args.encoding}-{args.image_size}")
-    out = Path(args.output) if args.output else default
-    if not args.resume and not args.overwrite and (out / "last.pth").exists():
-        raise ValueError(f"{out} holds an earlier run; continue it with --resume {out / 'last.pth'}, or pass "
-                         f"--overwrite or another --output")
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        if not args.resume:
-            (out / "summary.csv").unlink(missing_ok=True)
-        clean_temp_files(out)  # a checkpoint a killed run was writing (never read: hidden name)
-    return out
-
-
-@dataclass
-class Job:
-    """What main() builds before the loop: data, the raw model and its optimiser, and how steps are taken."""
-
-    store: Store
-    train_set: qdata.BalancedBlockDataset
-    train_loader: qdata.EpochLoader
-    val_loader: qdata.EpochLoader | None
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    opts: StepOptions
-    in_chans: int
-
-
-def _setup(args: argparse.Namespace, info: DistInfo) -> Job:
-    """Data, model (input channels from the encoding), optimiser and step options; bad settings raise ValueError."""
-    store, train_set, train_loader, val_loader = _build_data(args, info)
-    in_chans = get_encoding(args.encoding).channels
-    model = models.create_model(args.model, store.num_classes, in_chans=in_chans, pretrained=args.pretrained)
-    with torch.no_grad():  # a too-small --image-size fails here with the model's own message, not mid-epoch
-        model.eval()(torch.zeros(1, in_chans, args.image_size, args.image_size))
-    cuda = info.device.type == "cuda"
-    channels_last = cuda if args.channels_last is None else args.channels_last
-    model.to(info.device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    amp = cuda if args.amp is None else args.amp
-    amp_dtype = AMP_DTYPES[args.amp_dtype] if amp else None
-    scaler = torch.amp.GradScaler(info.device.type) if amp_dtype is torch.float16 else None
-    opts = StepOptions(args.accum_steps, args.clip_grad, amp_dtype, scaler, channels_last, args.progress)
-    return Job(store, train_set, train_loader, val_loader, model, _create_optimizer(model, args), opts, in_chans)
-
-
-def _wrap(model: nn.Module, args: argparse.Namespace, info: DistInfo) -> tuple[nn.Module, nn.Module]:
-    """Training and evaluation views of the raw module (which is what gets saved: no 'module.' prefixes).
-
-    Training goes through DDP (and torch.compile when asked); evaluation uses the module itself, because ranks
-    evaluate shards of different lengths and DDP's forward may call collectives that would then not match.
-    """
-    net = model
-    if info.distributed:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[info.device] if info.device.type == "cuda"
-                                                  else None)
-    if args.compile:
-        return torch.compile(net), torch.compile(model)
-    return net, model
+    if not 0 <= args.ema_decay < 1 or args.keep_checkpoints < 0 or args.min_steps_per_epoch < 0:
+        raise ValueError("need 0 <= --ema-decay < 1, --keep-checkpoints >= 0 and --min-steps-per-epoch >= 0")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -305,78 +157,113 @@ def main(args: argparse.Namespace) -> None:
         info = init_distributed(args.device)
         setup_logging(info.is_main)
         _check_args(args)
-        lr_at = CosineRestarts(args.lr, args.period, args.t_mult, args.min_lr, args.warmup_epochs, args.warmup_lr)
         if args.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = not args.deterministic
-        _seed_all(args.seed)  # same initial weights on every rank (DDP broadcasts rank 0's anyway)
-        job = _setup(args, info)
-        out = _output_dir(args, info.is_main)
-        start_epoch, step, best, rng = _resume(args, job, info) if args.resume else (0, 0, -math.inf, None)
+        seed_all(args.seed)  # same initial weights on every rank (DDP broadcasts rank 0's anyway)
+        job = build_job(args, info)
+        out = output_dir(args, info.is_main)
+        start_epoch, step, best, rng = resume(args, job, info) if args.resume else (0, 0, -math.inf, None)
         if args.resume and info.is_main:
             trim_summary(out / "summary.csv", start_epoch)  # rows a killed run wrote after its last checkpoint
     except (ValueError, StoreError, CheckpointError, OSError) as exc:
         cleanup()
         raise SystemExit(f"error: {exc}") from None
-    net, eval_net = _wrap(job.model, args, info)
+    net, eval_net = wrap(job.model, args, info)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     tb = TensorBoard(out / "tb", enabled=args.tensorboard and info.is_main)
     if info.is_main:
         write_config(args, out / "config.yaml")
-        log.info("%s on %s: %d classes, %s %dpx, %d train drawings/epoch, %d val, device %s x%d", args.model,
-                 job.store.root, job.store.num_classes, args.encoding, args.image_size, len(job.train_set),
-                 len(job.val_loader.dataset) if job.val_loader else 0, info.device, info.world_size)
+        log.info("%s on %s: %d classes, %s %dpx, %d train drawings/epoch, %d val, batch %d, lr %.3g, device %s x%d",
+                 args.model, job.store.root, job.store.num_classes, args.encoding, args.image_size,
+                 len(job.train_set), len(job.val_loader.dataset) if job.val_loader else 0, job.batch_size, job.lr,
+                 info.device, info.world_size)
     # Last thing before the loop, so a resumed run continues from exactly the state the killed one saved.
     if rng is not None:
         set_rng_state(rng)
     else:
-        _seed_all(args.seed + info.rank)
-    val, saved = {"map3": math.nan}, start_epoch - 1
+        seed_all(args.seed + info.rank)
+    val, saved, snapshots = {"map3": math.nan}, start_epoch - 1, snapshot_epochs(job.lr_at, args.epochs)
     try:
         for epoch in range(start_epoch, args.epochs):
             # Pick this epoch's data: dataset.set_epoch (one block per class, a pure function of (seed, epoch)) and
-            # sampler.set_epoch (shuffle and rank shard), both through the loader so persistent workers see it.
+            # sampler.set_epoch (shuffle and rank shard), both through the loader so its threads or workers see it.
             job.train_loader.set_epoch(epoch)
-            train = train_one_epoch(net, criterion, job.train_loader, job.optimizer, lr_at, info.device, epoch,
-                                    step, job.opts)
+            train = train_one_epoch(net, criterion, job.train_loader, job.optimizer, job.lr_at, info.device, epoch,
+                                    step, job.opts, ema=job.ema)
             step = int(train["step"])
-            val = evaluate(eval_net, job.val_loader or [], info.device, job.opts.amp_dtype, job.opts.channels_last)
+            val = _validate(eval_net, job, info)
             is_best = not val["map3"] <= best  # NaN (no validation drawings) counts as best: best.pth = last.pth
             best = val["map3"] if is_best else best
-            state = _checkpoint(args, job, epoch, step, best)
+            state = checkpoint_state(args, job, epoch, step, best)
             if info.is_main:
-                _save_epoch(out, state, is_best, train, val, tb)
+                _save_epoch(out, state, is_best, train, val, tb, args.keep_checkpoints, epoch in snapshots)
             saved = epoch
-    except (StoreError, OSError) as exc:  # a damaged block met mid-run (maybe in a loader worker), a full disk
+    except (StoreError, OSError) as exc:  # a damaged block met mid-run (in a loader thread or worker), a full disk
         cleanup()
         kept = f"; {out / 'last.pth'} holds epoch {saved}, continue with --resume" if saved >= 0 else ""
         raise SystemExit(f"error: {_last_line(exc)}{kept}") from None
+    _check_ranks_agree(job, info)
     if info.is_main:
         _finish(out, tb, val, best)
     cleanup()
 
 
+def _validate(eval_net: nn.Module, job: Job, info: DistInfo) -> dict[str, float]:
+    """Validation metrics of the raw weights and, with an EMA, of the averaged ones: "map3" is the one that picks
+    best.pth (the EMA's when there is one, as predict.py uses those by default), "raw_map3" the raw weights'."""
+    val = evaluate(eval_net, job.val_loader or [], info.device, job.opts.amp_dtype, job.opts.channels_last)
+    out = {f"raw_{k}": v for k, v in val.items()} | val
+    if job.ema is not None:
+        ema = evaluate(job.ema.module, job.val_loader or [], info.device, job.opts.amp_dtype, job.opts.channels_last)
+        out |= {f"ema_{k}": v for k, v in ema.items()} | ema
+    return out
+
+
+def _check_ranks_agree(job: Job, info: DistInfo) -> None:
+    """After DDP training every rank must hold the same weights; say so (or fail) once, on rank 0."""
+    if not info.distributed:
+        return
+    sums = all_gather_objects(weights_checksum(job.model))
+    if max(sums) - min(sums) > 1e-9 * max(1.0, abs(sums[0])):
+        cleanup()
+        raise SystemExit(f"error: the {info.world_size} ranks ended with different weights (checksums {sums})")
+    log.info("ranks agree: weights checksum %.12g on %d processes", sums[0], info.world_size)
+
+
 def _save_epoch(out: Path, state: dict, is_best: bool, train: dict[str, float], val: dict[str, float],
-                tb: TensorBoard) -> None:
+                tb: TensorBoard, keep: int, snapshot: bool) -> None:
     """The summary.csv row, checkpoints and TensorBoard scalars of one finished epoch (rank 0 only).
 
     Order matters for a kill at any point: the row comes first (a resume trims rows past its checkpoint), and a best
     epoch is saved as best.pth before last.pth links to it, so best.pth is never older than last.pth's best_metric.
+    Kept epochs and snapshots are links to last.pth (free), written after it.
     """
     epoch = state["epoch"]
     row = {"epoch": epoch, "step": int(train["step"]), "lr": train["lr"], "train_loss": train["loss"],
-           "val_loss": val["loss"], "val_top1": val["top1"], "val_top3": val["top3"], "val_map3": val["map3"],
-           "images_per_s": train["images_per_s"], "epoch_s": train["seconds"]}
+           "val_loss": val["raw_loss"], "val_top1": val["raw_top1"], "val_top3": val["raw_top3"],
+           "val_map3": val["raw_map3"], "images_per_s": train["images_per_s"], "epoch_s": train["seconds"],
+           "loader_wait_s": train["data_wait_s"]}
+    if "ema_map3" in val:
+        row |= {"ema_val_loss": val["ema_loss"], "ema_val_top1": val["ema_top1"], "ema_val_map3": val["ema_map3"]}
     update_summary(out / "summary.csv", row)
     if is_best:
         save_checkpoint(state, out / "best.pth")
         copy_checkpoint(out / "best.pth", out / "last.pth")
     else:
         save_checkpoint(state, out / "last.pth")
-    tb.log({f"train/{k}": train[k] for k in ("loss", "lr", "images_per_s")} |
-           {f"val/{k}": val[k] for k in ("loss", "top1", "top3", "map3")}, epoch)
-    log.info("epoch %d: train loss %.4f, val loss %.4f, top-1 %.4f, MAP@3 %.4f (%.0f img/s)%s", epoch, train["loss"],
-             val["loss"], val["top1"], val["map3"], train["images_per_s"], " *best*" if is_best else "")
+    if keep:
+        link_or_copy(out / "last.pth", out / f"epoch_{epoch:03d}.pth")
+        for old in sorted(out.glob("epoch_*.pth"))[:-keep]:
+            old.unlink()
+    if snapshot:
+        link_or_copy(out / "last.pth", out / f"snapshot_{epoch:03d}.pth")
+    tb.log({f"train/{k}": train[k] for k in ("loss", "lr", "images_per_s", "data_wait_s")} |
+           {f"val/{k}": v for k, v in val.items() if isinstance(v, float)}, epoch)
+    ema = f", EMA MAP@3 {val['ema_map3']:.4f}" if "ema_map3" in val else ""
+    log.info("epoch %d: train loss %.4f, val loss %.4f, top-1 %.4f, MAP@3 %.4f%s (%.0f img/s, %.1f s waiting for "
+             "data)%s", epoch, train["loss"], val["raw_loss"], val["raw_top1"], val["raw_map3"], ema,
+             train["images_per_s"], train["data_wait_s"], " *best*" if is_best else "")
 
 
 def _last_line(exc: BaseException) -> str:

@@ -3,8 +3,10 @@ throughput, in one run so the figures are comparable.
 
 Single-thread figures (numba kernels are serial; torch and cv2 are set to one thread): the compiled path (gather +
 encode + draw of 256-drawing batches in random store order, into fresh zeroed arrays) and the original solution's
-way (PIL ``ImageDraw.line`` per segment and ``ellipse`` per dot, same colours and geometry), then images/s through
-:func:`qdraw.dataset.create_loader` with 0 and 2 workers. Figures are printed, never asserted.
+way (PIL ``ImageDraw.line`` per segment and ``ellipse`` per dot, same colours and geometry), then wall-clock images/s
+through :func:`qdraw.loader.create_loader` with K loader threads (``loader_<enc>_<size>_t<K>``, K = 1, 2, ... up to
+the cores) and with DataLoader worker processes (``..._w<K>``), and each loader's ratio to the one-core kernel rate,
+side by side. Figures are printed, never asserted.
 
     python bench.py raster --encoding rgb --size 128 --data data/kaggle_simplified
     python bench.py raster --encoding time --size 128 --data data/raw --workers 0
@@ -12,6 +14,7 @@ way (PIL ``ImageDraw.line`` per segment and ``ellipse`` per dot, same colours an
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -19,7 +22,8 @@ import torch
 
 import data_loader_rgb  # noqa: F401  (registers grey, rgb)
 import data_loader_time  # noqa: F401  (registers time)
-from qdraw.dataset import BalancedBlockDataset, create_loader, default_samples_per_class
+from qdraw.dataset import BalancedBlockDataset, default_samples_per_class
+from qdraw.loader import create_loader
 from qdraw.encoding import Encoding, check_time, get_encoding
 from qdraw.raster import Sources, check_geometry, draw
 from qdraw.store import Store
@@ -35,7 +39,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="drawings to rasterise, at most the store's (default 20000)")
     p.add_argument("--baseline-drawings", type=int, default=1000, help="drawings for the PIL baseline (default 1000)")
     p.add_argument("--loader-images", type=int, default=20000, help="images per DataLoader measurement (default 20000)")
-    p.add_argument("--workers", default="0,2", help="comma list of DataLoader worker counts ('' to skip; default 0,2)")
+    p.add_argument("--threads", default=None, help="comma list of loader thread counts ('' to skip; default 1, 2, "
+                   "4, ... up to the cores)")
+    p.add_argument("--workers", default="0,2", help="comma list of DataLoader worker-process counts ('' to skip; "
+                   "default 0,2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the drawing order (default 0)")
 
 
@@ -92,12 +99,12 @@ def _time_path(sources: Sources, src: np.ndarray, idx: np.ndarray, enc: Encoding
     return time.process_time() - start
 
 
-def _loader_rate(store: Store, args: argparse.Namespace, workers: int) -> float:
-    """Images/s through create_loader (training mode), after the first batch (worker start-up) is out of the way."""
+def _loader_rate(store: Store, args: argparse.Namespace, workers: int, backend: str) -> float:
+    """Images/s through create_loader (training mode), after the first batch (start-up) is out of the way."""
     sizes = store.block_sizes()
     per_class = max(default_samples_per_class(list(sizes.values())), -(-args.loader_images // store.num_classes))
     ds = BalancedBlockDataset(store, args.encoding, args.size, args.line_width, per_class, seed=args.seed)
-    loader = create_loader(ds, args.batch_size, True, workers, seed=args.seed, pin_memory=False)
+    loader = create_loader(ds, args.batch_size, True, workers, seed=args.seed, pin_memory=False, backend=backend)
     loader.set_epoch(0)
     it = iter(loader)
     next(it)
@@ -122,6 +129,9 @@ def run(args: argparse.Namespace) -> None:
         check_time(enc, store.has_time, store.root)
         lw, margin = check_geometry(args.size, args.line_width)
         workers = [int(w) for w in args.workers.split(",") if w.strip()]
+        cores = len(os.sched_getaffinity(0))
+        threads = ([2 ** i for i in range(cores.bit_length()) if 2 ** i <= cores] + ([cores] if cores & (cores - 1)
+                   else []) if args.threads is None else [int(k) for k in args.threads.split(",") if k.strip()])
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     paths = [p for c in range(store.num_classes) for p in store.train_blocks(c)]
@@ -137,6 +147,11 @@ def run(args: argparse.Namespace) -> None:
     print(f"raster_{tag} {fast:.0f} drawings/s/core  ({len(src)} drawings, line width {lw}, batch {args.batch_size})")
     print(f"pil_{tag} {slow:.0f} drawings/s/core  ({nb} drawings, PIL ImageDraw.line per segment)")
     print(f"speedup_{tag} {fast / slow:.1f}x")
+    for k in threads:
+        rate = _loader_rate(store, args, k, "threads")
+        print(f"loader_{tag}_t{k} {rate:.0f} images/s  ({rate / fast:.2f}x the one-core kernel; {k} loader threads, "
+              f"batch {args.batch_size})", flush=True)
     for w in workers:
-        rate = _loader_rate(store, args, w)
-        print(f"loader_{tag}_w{w} {rate:.0f} images/s  (create_loader, batch {args.batch_size}, {w} workers)")
+        rate = _loader_rate(store, args, w, "processes")
+        print(f"loader_{tag}_w{w} {rate:.0f} images/s  ({rate / fast:.2f}x the one-core kernel; {w} DataLoader "
+              f"worker processes, batch {args.batch_size})", flush=True)

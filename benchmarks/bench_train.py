@@ -29,6 +29,7 @@ from qdraw import dataset as qdata
 from qdraw.distributed import pick_device
 from qdraw.encoding import get_encoding
 from qdraw.engine import StepOptions, train_one_epoch
+from qdraw.loader import create_loader
 from qdraw.prepare import SYNTHETIC_DIR, ensure_synthetic
 from qdraw.store import Store
 
@@ -107,7 +108,7 @@ def _loader_batches(args: argparse.Namespace) -> tuple[Iterator, int, int]:
     """(batches, num_classes, in_chans) from the real training loader, cycling epochs as needed."""
     store = Store(args.data or ensure_synthetic(SYNTHETIC_DIR, workers=2))
     ds = qdata.BalancedBlockDataset(store, args.encoding, image_size=args.size, seed=0)
-    loader = qdata.create_loader(ds, args.batch_size, is_training=True, num_workers=args.workers)
+    loader = create_loader(ds, args.batch_size, is_training=True, num_workers=args.workers)
 
     def gen() -> Iterator:
         for epoch in itertools.count():

@@ -1,4 +1,4 @@
-"""Datasets over a prepared store and the DataLoader factory: balanced epochs of whole blocks, batched rasterising.
+"""Datasets over a prepared store: balanced epochs of whole blocks, batched rasterising (qdraw.loader feeds them).
 
 Training (:class:`BalancedBlockDataset`): every epoch takes, for each class, ONE training block (chosen at random with
 probability proportional to its size, so every drawing of a class has the same chance to be seen) and
@@ -13,9 +13,11 @@ count or batch composition either.
 Evaluation (:class:`SplitDataset`): the fixed validation split (class by class, optionally the first N of each class)
 or the test split (labels -1 when unlabelled), in store order, optionally all flipped (test-time augmentation).
 
-Batches: ``__getitems__(indices)`` gathers and rasterises the whole batch in two compiled calls and returns
-``(uint8 (B, C, S, S), int64 (B,))``; :func:`create_loader` passes it through unchanged. Images stay uint8 through the
-DataLoader (4x less to copy between processes) and are normalised on the device by :func:`to_model_input`.
+Batches: ``__getitems__(indices, out=None)`` gathers and rasterises the whole batch in compiled calls (which release
+the GIL, so loader threads draw in parallel) and returns ``(uint8 (B, C, S, S), int64 (B,))``, drawn into ``out`` when
+given (a reusable pinned buffer); :func:`qdraw.loader.create_loader` passes it through unchanged. Images stay uint8
+until the device (4x less to copy) and are normalised there by :func:`qdraw.loader.to_model_input`. Datasets are
+thread-safe: the threads of one loader share one dataset and its open blocks.
 
     loader = create_loader(BalancedBlockDataset(Store("data/st"), "rgb"), 256, True, num_workers=4)
     for epoch in range(start_epoch, epochs):
@@ -26,19 +28,19 @@ DataLoader (4x less to copy between processes) and are normalised on the device 
 from __future__ import annotations
 
 import math
-from pathlib import Path
+import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
+from torch.utils.data import Dataset, get_worker_info
 
 from .encoding import check_time, get_encoding
-from .raster import Sources, check_geometry, rasterize, warm_up
+from .raster import Sources, check_geometry, rasterize
 from .store import Block, Store, StoreError, mix64
 
-__all__ = ["BalancedBlockDataset", "SplitDataset", "EpochLoader", "create_loader", "epoch_plan", "flip_bits",
-           "to_model_input"]
+__all__ = ["BalancedBlockDataset", "SplitDataset", "epoch_plan", "flip_bits"]
 
 
 def flip_bits(seed: int, epoch: int, index: np.ndarray) -> np.ndarray:
@@ -94,26 +96,39 @@ class _RasterDataset(Dataset):
         self.image_size = int(image_size)
         self.line_width, self.margin = check_geometry(self.image_size, line_width)
         self._sources: tuple[object, Sources] | None = None  # (key, sources) opened lazily in each process
+        self._lock = threading.Lock()  # loader threads share one dataset: open each epoch's blocks once
 
     def __getstate__(self) -> dict:
         # Memory maps and numba lists are opened again in each worker, never pickled (that would copy the data).
-        return self.__dict__ | {"_sources": None}
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"} | {"_sources": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def _open(self, key: object, blocks: Callable[[], list[Block]]) -> Sources:
         """The sources for key (an epoch), from blocks() when key changed; one key's blocks are open at a time."""
-        if self._sources is None or self._sources[0] != key:
-            self._sources = None  # unmap the previous epoch's blocks first
-            self._sources = (key, Sources(blocks()))
-        return self._sources[1]
+        with self._lock:
+            if self._sources is None or self._sources[0] != key:
+                self._sources = None  # unmap the previous epoch's blocks first
+                self._sources = (key, Sources(blocks()))
+            return self._sources[1]
 
-    def _render(self, sources: Sources, src: np.ndarray, idx: np.ndarray, flip: np.ndarray | None) -> torch.Tensor:
-        images = _new_batch((len(idx), self.encoding.channels, self.image_size, self.image_size))
+    def batch_shape(self, n: int) -> tuple[int, int, int, int]:
+        """Shape of a batch of n images: (n, channels, size, size)."""
+        return n, self.encoding.channels, self.image_size, self.image_size
+
+    def _render(self, sources: Sources, src: np.ndarray, idx: np.ndarray, flip: np.ndarray | None,
+                out: torch.Tensor | None) -> torch.Tensor:
+        images = _new_batch(self.batch_shape(len(idx))) if out is None else out
+        if tuple(images.shape) != self.batch_shape(len(idx)) or images.dtype != torch.uint8:
+            raise ValueError(f"out must be uint8 {self.batch_shape(len(idx))}, got {images.dtype} {tuple(images.shape)}")
         xy, t, strokes, drawings = sources.gather(src, idx, with_time=self.encoding.needs_time)
         rasterize(xy, t, strokes, drawings, self.encoding, self.image_size, self.line_width, self.margin, flip,
                   out=images.numpy())
         return images
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, indices: list[int], out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
@@ -169,9 +184,10 @@ class BalancedBlockDataset(_RasterDataset):
     def plan(self, epoch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(block index per class, drawing indices per class) of an epoch (default: the current one)."""
         epoch = self.epoch if epoch is None else epoch
-        if self._plan is None or self._plan[0] != epoch:
-            self._plan = (epoch, *epoch_plan(self.block_sizes, self.samples_per_class, self.seed, epoch))
-        return self._plan[1], self._plan[2]
+        plan = self._plan
+        if plan is None or plan[0] != epoch:
+            plan = self._plan = (epoch, *epoch_plan(self.block_sizes, self.samples_per_class, self.seed, epoch))
+        return plan[1], plan[2]
 
     def epoch_blocks(self, epoch: int | None = None) -> list[Block]:
         """The training block of each class in an epoch, memory-mapped; StoreError when disk and meta.json differ."""
@@ -186,14 +202,17 @@ class BalancedBlockDataset(_RasterDataset):
             blocks.append(block)
         return blocks
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, indices: list[int], out: torch.Tensor | None = None,
+                     epoch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and labels of the given items of an epoch (default: the current one), drawn into out if given."""
         idx = self._check_indices(indices)
-        epoch = self.epoch
+        epoch = self.epoch if epoch is None else epoch
         _, picks = self.plan(epoch)
         sources = self._open(epoch, lambda: self.epoch_blocks(epoch))
         cls = idx // self.samples_per_class
         flip = flip_bits(self.seed, epoch, idx) if self.hflip else None
-        return self._render(sources, cls, picks[cls, idx % self.samples_per_class], flip), torch.from_numpy(cls)
+        images = self._render(sources, cls, picks[cls, idx % self.samples_per_class], flip, out)
+        return images, torch.from_numpy(cls)
 
 
 def _first_per_label(labels: np.ndarray, n: int) -> np.ndarray:
@@ -242,63 +261,10 @@ class SplitDataset(_RasterDataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, indices: list[int], out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and labels of the given items, drawn into out if given."""
         idx = self._check_indices(indices)
         sources = self._open(self.split, lambda: [self.store.read_block(p) for p in self.paths])
         flip = np.full(len(idx), self.flip) if self.flip else None
-        return self._render(sources, self._src[idx], self._local[idx], flip), torch.from_numpy(self.labels[idx])
-
-
-def pass_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Collate for datasets whose __getitems__ already returns the batch."""
-    return batch
-
-
-def seed_worker(worker_id: int) -> None:
-    """Seed NumPy's global generator per worker (the datasets use none, but user transforms might)."""
-    np.random.seed(torch.initial_seed() % 2**32)
-
-
-class EpochLoader(DataLoader):
-    """A DataLoader with ``set_epoch(epoch)``: sets the sampler's shuffle and the dataset's block choice together."""
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-
-
-def create_loader(dataset: Dataset, batch_size: int, is_training: bool, num_workers: int, distributed: bool = False,
-                  seed: int = 0, pin_memory: bool | None = None) -> EpochLoader:
-    """DataLoader over one of the datasets above; call ``loader.set_epoch(epoch)`` before each training epoch.
-
-    Training shuffles with a DistributedSampler (seeded by seed + epoch; one replica unless distributed, then sharded
-    by rank from torch.distributed) and drops the last incomplete batch; evaluation keeps order (sharded, padded to
-    equal length, when distributed). Workers are persistent and seeded, and start with the kernels compiled in this
-    process (see :func:`qdraw.raster.warm_up`); pin_memory defaults to CUDA being available.
-    """
-    if batch_size < 1 or num_workers < 0:
-        raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
-    inner = dataset
-    while not isinstance(inner, _RasterDataset) and hasattr(inner, "dataset"):  # e.g. a Subset shard
-        inner = inner.dataset
-    if num_workers > 0 and isinstance(inner, _RasterDataset):
-        warm_up(inner.encoding)  # forked workers inherit the compiled kernels
-    if distributed:
-        sampler = DistributedSampler(dataset, shuffle=is_training, seed=seed)
-    elif is_training:
-        sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed)
-    else:
-        sampler = None
-    pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-    return EpochLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                       collate_fn=pass_batch, pin_memory=pin_memory,
-                       drop_last=is_training, persistent_workers=num_workers > 0, worker_init_fn=seed_worker,
-                       generator=torch.Generator().manual_seed(seed))
-
-
-def to_model_input(x: torch.Tensor, device: torch.device | str, channels_last: bool = False) -> torch.Tensor:
-    """uint8 (B, C, S, S) batch → float32 in [0, 1] on device (copied as uint8: 4x less to transfer)."""
-    x = x.to(device, non_blocking=True).float().div_(255)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        images = self._render(sources, self._src[idx], self._local[idx], flip, out)
+        return images, torch.from_numpy(self.labels[idx])

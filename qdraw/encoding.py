@@ -30,6 +30,8 @@ class Encoding:
     needs_time: bool
     colors: ColorFn
     channel_names: tuple[str, ...] = ()  # what each channel shows, for plots and logs
+    # Draw the strokes of each drawing last to first, so the first stroke ends on top (see data_loader_rgb.THIRDS)
+    reverse: bool = False
 
 
 def register_encoding(enc: Encoding) -> Encoding:

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .dataset import to_model_input
+from .loader import to_model_input
+from .averaging import Ema
 from .distributed import all_gather_objects, all_reduce_sum, is_main_process
 from .metrics import map_at_k, top_k
 from .schedule import set_lr
@@ -54,25 +55,33 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     lr_at: Callable[[float], float], device: torch.device, epoch: int, step: int,
-                    opts: StepOptions) -> dict[str, float]:
-    """Train for one pass over loader; return mean loss, last lr, images/s and the global step count after it.
+                    opts: StepOptions, ema: "Ema | None" = None) -> dict[str, float]:
+    """Train for one pass over loader; return mean loss, last lr, images/s, the seconds spent waiting for batches
+    (``data_wait_s``: a loader that cannot keep up shows here) and the global step count after it.
 
-    The rate of optimiser step k of n in this epoch is ``lr_at(epoch + k / n)`` (time in epochs; see schedule.py).
-    ``step`` counts optimiser steps before this epoch; the returned ``step`` is the count after it.
+    The rate of optimiser step k of n in this epoch is ``lr_at(epoch + (k + 1) / n)``, the time at which the step
+    ends (time in epochs; see schedule.py), so the last step of a fitted schedule runs at its floor. ``step`` counts
+    optimiser steps before this epoch; the returned ``step`` is the count after it. ``ema`` (qdraw.averaging.Ema, which
+    holds the raw module, not the DDP or compiled view) is updated after every optimiser step.
     """
     model.train()
     n_micro = len(loader)
     accum = opts.accum_steps
     n_steps = math.ceil(n_micro / accum)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    seen, lr, t0 = 0, float("nan"), time.perf_counter()
-    bar = tqdm(loader, total=n_micro, desc=f"epoch {epoch}", unit="batch", leave=False,
+    seen, lr, wait, t0 = 0, float("nan"), 0.0, time.perf_counter()
+    bar = tqdm(total=n_micro, desc=f"epoch {epoch}", unit="batch", leave=False,
                disable=not (opts.progress and is_main_process()))
     optimizer.zero_grad(set_to_none=True)
-    for i, (x, y) in enumerate(bar):
+    batches = iter(loader)
+    for i in range(n_micro):
+        t_wait = time.perf_counter()
+        x, y = next(batches)
+        wait += time.perf_counter() - t_wait
+        bar.update(1)
         k, first = divmod(i, accum)
         if first == 0:
-            lr = lr_at(epoch + k / n_steps)
+            lr = lr_at(epoch + (k + 1) / n_steps)
             set_lr(optimizer, lr)
         # The last group of an epoch may be short: divide by its real size so every sample weighs the same.
         group = min(accum, n_micro - k * accum)
@@ -87,15 +96,18 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
         if last:
             _optimizer_step(model, optimizer, opts)
             step += 1
+            if ema is not None:
+                ema.update()
         loss_sum += loss.detach().double() * len(y)
         seen += len(y)
         if i % 20 == 0 or i + 1 == n_micro:
             rate = seen / max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix(loss=f"{loss_sum.item() / max(seen, 1):.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
+    bar.close()
     elapsed = time.perf_counter() - t0
     total_loss, total_seen = all_reduce_sum([loss_sum.item(), float(seen)], device)
     return {"loss": total_loss / max(total_seen, 1), "lr": lr, "images_per_s": total_seen / max(elapsed, 1e-9),
-            "seconds": elapsed, "step": step}
+            "seconds": elapsed, "data_wait_s": wait, "step": step}
 
 
 def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, opts: StepOptions) -> None:

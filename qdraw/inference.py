@@ -17,7 +17,8 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import CheckpointError, load_checkpoint
-from .dataset import SplitDataset, create_loader, to_model_input
+from .dataset import SplitDataset
+from .loader import create_loader, to_model_input
 from .prepare import pack_eval_input
 from .store import Store
 from .zoo import create_model
@@ -25,15 +26,30 @@ from .zoo import create_model
 log = logging.getLogger(__name__)
 
 
-def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """The checkpoint's model in eval mode on device, and the checkpoint dict (weights_only=True load)."""
-    ckpt = load_checkpoint(path)
+WEIGHTS = ("auto", "raw", "ema")
+
+
+def select_weights(ckpt: dict, weights: str = "auto", where: object = "checkpoint") -> tuple[str, dict]:
+    """Which weights of a checkpoint to use: "raw" (the trained ones), "ema" (the moving average, when the run kept
+    one) or "auto" (the EMA when there is one, else raw); returns (the choice, its state_dict)."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    has_ema = isinstance(ckpt.get("ema"), dict)
+    if weights == "ema" and not has_ema:
+        raise CheckpointError(f"{where}: no EMA weights (the run was trained without --ema-decay); use --weights raw")
+    choice = "ema" if weights == "ema" or (weights == "auto" and has_ema) else "raw"
+    return choice, ckpt["ema" if choice == "ema" else "model"]
+
+
+def build_model(ckpt: dict, path: str | Path, weights: str = "auto") -> torch.nn.Module:
+    """The checkpoint's network with the chosen weights (select_weights), in eval mode on the CPU."""
     try:
         model = create_model(ckpt["arch"], **ckpt["model_args"])
     except TypeError as exc:
         raise CheckpointError(f"{path}: model_args {ckpt['model_args']} do not fit {ckpt['arch']} ({exc})") from exc
+    _, state = select_weights(ckpt, weights, path)
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(state)
     except RuntimeError as exc:  # torch lists every mismatched tensor; the first one says enough
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or ["mismatch"]
         first = lines[min(1, len(lines) - 1)]
@@ -42,7 +58,14 @@ def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module,
             first = first[:cut if cut > 0 else 160] + ", ..."
         raise CheckpointError(f"{path}: weights do not fit a {ckpt['arch']} with {ckpt['model_args']} "
                               f"({first})") from exc
-    return model.to(device).eval(), ckpt
+    return model.eval()
+
+
+def load_model(path: str | Path, device: torch.device, weights: str = "auto") -> tuple[torch.nn.Module, dict]:
+    """The checkpoint's model (weights chosen as select_weights says) in eval mode on device, and the checkpoint
+    dict (weights_only=True load)."""
+    ckpt = load_checkpoint(path)
+    return build_model(ckpt, path, weights).to(device), ckpt
 
 
 def open_input(source: str | Path, classes: list[str], split: str | None, stack: ExitStack) -> tuple[Store, str]:

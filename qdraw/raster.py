@@ -134,7 +134,7 @@ def _segment(out, b, x0, y0, x1, y1, colors, p, width, acc):
 
 
 @njit(**_KERNEL)
-def _draw_kernel(xy, strokes, drawings, colors, flips, width, margin, out):
+def _draw_kernel(xy, strokes, drawings, colors, flips, width, margin, reverse, out):
     size = out.shape[3]
     ext = max(size - 1 - 2 * margin, 0)
     bx, by = _brush(width)
@@ -156,7 +156,8 @@ def _draw_kernel(xy, strokes, drawings, colors, flips, width, margin, out):
         for p in range(p0, p1):
             px[p] = ((size - 1) * 255 + sign * (2 * np.int64(xy[p, 0]) - xsum) * ext + 255) // 510
             py[p] = ((size - 1) * 255 + (2 * np.int64(xy[p, 1]) - ysum) * ext + 255) // 510
-        for s in range(drawings[b], drawings[b + 1]):
+        for j in range(drawings[b], drawings[b + 1]):
+            s = drawings[b] + drawings[b + 1] - 1 - j if reverse else j  # one branch per stroke, not per pixel
             a, e = strokes[s], strokes[s + 1]
             if e <= a:
                 continue
@@ -259,11 +260,12 @@ def check_packed(xy: np.ndarray, t: np.ndarray | None, strokes: np.ndarray, draw
 
 def draw(xy: np.ndarray, strokes: np.ndarray, drawings: np.ndarray, colors: np.ndarray, size: int = 128,
          line_width: int | None = None, margin: int | None = None, flip: np.ndarray | None = None,
-         out: np.ndarray | None = None) -> np.ndarray:
+         out: np.ndarray | None = None, reverse: bool = False) -> np.ndarray:
     """Draw packed drawings with per-point colours (P, C) uint8 into a uint8 array (B, C, size, size).
 
     flip: optional bool (B,) mirroring drawing b horizontally. out: optional uint8 (B, C, size, size) to draw into
-    (C-contiguous; overwritten, so it may come from np.empty/torch.empty).
+    (C-contiguous; overwritten, so it may come from np.empty/torch.empty). reverse: draw each drawing's strokes last
+    to first (the first stroke on top).
     """
     line_width, margin = check_geometry(size, line_width, margin)
     xy, strokes, drawings = (np.ascontiguousarray(xy, np.uint8), np.ascontiguousarray(strokes, np.int64),
@@ -281,7 +283,7 @@ def draw(xy: np.ndarray, strokes: np.ndarray, drawings: np.ndarray, colors: np.n
     flips = np.zeros(n, np.bool_) if flip is None else np.ascontiguousarray(flip, np.bool_)
     if len(flips) != n:
         raise ValueError(f"flip must have one entry per drawing ({n}), got {len(flips)}")
-    _draw_kernel(xy, strokes, drawings, colors, flips, line_width, margin, out)
+    _draw_kernel(xy, strokes, drawings, colors, flips, line_width, margin, bool(reverse), out)
     return out
 
 
@@ -294,7 +296,8 @@ def rasterize(xy: np.ndarray, t: np.ndarray | None, strokes: np.ndarray, drawing
     xy, strokes, drawings = (np.ascontiguousarray(xy, np.uint8), np.ascontiguousarray(strokes, np.int64),
                              np.ascontiguousarray(drawings, np.int64))
     check_packed(xy, t, strokes, drawings)  # before the encoding's kernel indexes through the offsets
-    return draw(xy, strokes, drawings, enc.colors(xy, t, strokes, drawings), size, line_width, margin, flip, out)
+    return draw(xy, strokes, drawings, enc.colors(xy, t, strokes, drawings), size, line_width, margin, flip, out,
+                enc.reverse)
 
 
 def warm_up(encoding: str | Encoding) -> None:

@@ -12,3 +12,19 @@ SIX_CLASSES = ["circle", "square", "triangle", "star", "house", "zigzag"]
 # The 16 large classes of the shared real slice (~400 drawings each; cat ~1,600, monkey ~820).
 CLASSES_16 = ["airplane", "bicycle", "calculator", "camera", "computer", "crayon", "dragon", "eye", "guitar",
               "headphones", "map", "paint can", "paintbrush", "television", "cat", "monkey"]
+
+
+def train_argv(store: Path, out: Path, *extra: str) -> list[str]:
+    """train.py flags of a run of seconds on a small store: SqueezeNet at 32 px, 3 epochs of 8 drawings a class."""
+    return ["--data", str(store), "--output", str(out), "--model", "squeezenet", "--image-size", "32",
+            "--batch-size", "16", "--samples-per-class", "8", "--epochs", "3", "--workers", "0", "--lr", "3e-3",
+            "--period", "2", "--t-mult", "1.5", "--warmup-epochs", "0.5", "--no-progress", "--no-tensorboard",
+            "--deterministic", "--device", "cpu", *extra]
+
+
+def run_train(argv: list[str]) -> None:
+    """train.py's main in this process (so tests can patch it)."""
+    import train
+    from qdraw.config import parse_args
+
+    train.main(parse_args(train.get_args_parser(), argv))
