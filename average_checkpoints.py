@@ -79,7 +79,7 @@ def _bn_batches(ckpt: dict, args: argparse.Namespace):
     store = Store(args.data or cfg.get("data") or SYNTHETIC_DIR)
     ds = BalancedBlockDataset(store, spec.encoding, image_size=spec.image_size, line_width=spec.line_width,
                               samples_per_class=cfg.get("samples_per_class"), seed=int(cfg.get("seed", 0)),
-                              hflip=bool(cfg.get("hflip", True)))
+                              hflip=bool(cfg.get("hflip", True)), class_sampling=cfg.get("class_sampling", "balanced"))
     loader = create_loader(ds, args.batch_size, is_training=True, num_workers=args.workers, seed=int(cfg.get("seed", 0)))
     loader.set_epoch(int(ckpt["epoch"]))
     return loader

@@ -56,6 +56,10 @@ def _add_data_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--samples-per-class", type=int, default=None,
                    help="training drawings per class per epoch, drawn from one block (default: the smallest "
                    "class's largest block, the block size on a full store)")
+    g.add_argument("--class-sampling", default="balanced", choices=["balanced", "natural"],
+                   help="balanced: --samples-per-class drawings of every class per epoch; natural: each class its "
+                   "largest block (a small store's whole class: every drawing once, classes at their natural "
+                   "frequencies; the block size, so balanced again, on the full set) (default balanced)")
     g.add_argument("--val-per-class", type=int, default=None,
                    help="validation drawings per class, at most (default: all)")
     g.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=True,

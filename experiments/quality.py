@@ -10,20 +10,15 @@ user would, and the scores are computed from the files they write (prediction CS
           grey, rgb and time all read this same raw store, so the encodings are compared on the same drawings.
     s345  Kaggle train_simplified, all 345 classes; scored on all of Kaggle's labelled test (not class-balanced).
 
-    python experiments/quality.py                                  # about 20-30 min on 2 cores
-    python experiments/quality.py --scale 0.05 --no-write --work /tmp/q   # a pipeline check in a few minutes
-    python experiments/quality.py --lock /tmp/heavy.lock           # take a shared lock around each heavy step
+    python -m experiments.quality                                  # about 20-30 min on 2 cores
+    python -m experiments.quality --scale 0.05 --no-write --work /tmp/q   # a pipeline check in a few minutes
+    python -m experiments.quality --lock /tmp/heavy.lock           # take a shared lock around each heavy step
 """
 from __future__ import annotations
 
 import argparse
 import csv
-import fcntl
-import os
-import platform
-import re
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -31,13 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from qdraw.metrics import ranking_metrics
+from experiments.common import CLASSES_16, REPO, Runner, machine, score, write_section
 from qdraw.predictions import labels_for, read_labels, read_predictions
 
-CLASSES_16 = ("airplane,bicycle,calculator,camera,computer,crayon,dragon,eye,guitar,headphones,map,paint can,"
-              "paintbrush,television,cat,monkey")
 BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
 
 
@@ -102,27 +93,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Runner:
-    """Runs CLI steps as subprocesses from the repo root, optionally under a shared lock, and logs each command."""
-
-    def __init__(self, lock: str | None):
-        self.lock, self.commands = lock, []
-
-    def __call__(self, script: str, *args: str) -> None:
-        cmd = [sys.executable, str(REPO / script), *args]
-        shown = "python " + " ".join(shlex.quote(a) for a in [script, *args])
-        # repo-relative paths, so the logged commands run on any checkout next to ../shared
-        shown = shown.replace(str(REPO) + "/", "").replace(str(REPO.parent) + "/", "../")
-        self.commands.append(shown)
-        print(f"$ {shown}", flush=True)
-        with open(self.lock or os.devnull, "a") as lock:
-            if self.lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)  # released on close, so other users' steps interleave with ours
-            done = subprocess.run(cmd, cwd=REPO, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if done.returncode:
-            raise SystemExit(f"error: step failed ({done.returncode}): {shown}\n{done.stdout[-3000:]}")
-
-
 def prepare(run: Runner, spec: StoreSpec, data_root: Path, work: Path) -> Path:
     """Pack one store (reruns skip finished classes) and return its folder."""
     out = work / spec.name
@@ -144,13 +114,6 @@ def train(run: Runner, args: argparse.Namespace, spec: StoreSpec, store: Path, e
     with open(out / "summary.csv") as f:
         seconds = sum(float(r["epoch_s"]) for r in csv.DictReader(f))
     return per_class * num_classes * spec.epochs, seconds
-
-
-def score(pred_csv: Path, labels_csv: Path) -> dict[str, float]:
-    """MAP@3 / top-1 / top-3 and the count of a prediction CSV against a key_id,word labels CSV."""
-    pred = read_predictions(pred_csv)
-    labels = labels_for(pred.key_ids, read_labels(labels_csv, pred.classes), str(labels_csv))
-    return {**ranking_metrics(pred.probs, labels), "n": len(labels)}
 
 
 def predict_variants(run: Runner, spec: StoreSpec, store: Path, out: Path, variants: list[tuple[bool, bool]]
@@ -221,15 +184,6 @@ def confusion_png(pred_csv: Path, labels_csv: Path, path: Path, title: str) -> N
     plt.close(fig)
 
 
-def machine() -> str:
-    """One line naming the CPU, its core count, Python and torch, for the results."""
-    import torch
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown CPU")
-    return (f"{cpu}, nproc {os.cpu_count()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"Python {platform.python_version()}, {platform.system()}")
-
-
 def table(rows: list[Row]) -> str:
     """The results as a markdown table."""
     head = ("| store | model | encoding | seed | train drawings | train s | TTA | balance | scored | MAP@3 | top-1 |\n"
@@ -250,18 +204,6 @@ def raw_means(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def write_results(path: Path, body: str) -> None:
-    """Replace the text between the quality markers in path (or append it), keeping hand-written parts."""
-    text = path.read_text() if path.exists() else "# Results\n"
-    section = f"{BEGIN}\n{body.rstrip()}\n{END}"
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, text, flags=re.DOTALL)
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def report(args: argparse.Namespace, run: Runner, rows: list[Row], best: Row, wall: float) -> str:
     """The generated markdown section: machine, settings, table, best 16-class model, exact commands."""
     argv = " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -277,7 +219,7 @@ def report(args: argparse.Namespace, run: Runner, rows: list[Row], best: Row, wa
          f"test drawings: {best.name} {best.encoding}, TTA {'on' if best.tta else 'off'}, "
          f"balancing {'on' if best.balance else 'off'}."), "",
         f"![confusion matrix of the best single 16-class model]({Path(args.confusion).name})", "",
-        f"Reproduce: `python experiments/quality.py {argv}`, which ran these commands from the repo root:", "",
+        f"Reproduce: `python -m experiments.quality {argv}`, which ran these commands from the repo root:", "",
         "```", *run.commands, "```"])
 
 
@@ -309,7 +251,7 @@ def main(args: argparse.Namespace) -> None:
         confusion_png(pred, labels16, REPO / args.confusion,
                       f"{bs.name} {bs.encoding} {args.image_size}px, TTA {bs.tta}, balance {bs.balance}: "
                       f"MAP@3 {bs.map3:.3f} on {bs.n} Kaggle test drawings")
-        write_results(REPO / args.results, report(args, run, rows, best, time.time() - start))
+        write_section(REPO / args.results, BEGIN, END, report(args, run, rows, best, time.time() - start))
         print(f"wrote {args.results} and {args.confusion}")
 
 

@@ -55,22 +55,26 @@ def default_samples_per_class(block_sizes: list[list[int]]) -> int:
     return min(max(sizes) for sizes in block_sizes)
 
 
-def epoch_plan(block_sizes: list[list[int]], samples_per_class: int, seed: int,
+def epoch_plan(block_sizes: list[list[int]], samples_per_class: int | list[int], seed: int,
                epoch: int) -> tuple[np.ndarray, np.ndarray]:
     """The block chosen for each class and the drawings taken from it in that epoch.
 
+    samples_per_class: one count for every class, or a count per class (natural sampling).
+
     Returns:
-        int64 (K,) block index per class, and int32 (K, samples_per_class) drawing indices within that block.
+        int64 (K,) block index per class, and int32 (K, max count) drawing indices within that block (row c holds
+        class c's count of them, the rest is padding).
     """
+    counts = np.broadcast_to(np.asarray(samples_per_class, np.int64), (len(block_sizes),))
     blocks = np.zeros(len(block_sizes), np.int64)
-    picks = np.empty((len(block_sizes), samples_per_class), np.int32)
+    picks = np.zeros((len(block_sizes), int(counts.max())), np.int32)
     for c, sizes in enumerate(block_sizes):
         rng = np.random.default_rng([seed, epoch, c])
         w = np.asarray(sizes, np.float64)
         blocks[c] = rng.choice(len(sizes), p=w / w.sum())
-        n = sizes[blocks[c]]
-        reps = -(-samples_per_class // n)
-        picks[c] = np.concatenate([rng.permutation(n) for _ in range(reps)])[:samples_per_class]
+        n, k = sizes[blocks[c]], int(counts[c])
+        reps = -(-k // n)
+        picks[c, :k] = np.concatenate([rng.permutation(n) for _ in range(reps)])[:k]
     return blocks, picks
 
 
@@ -145,11 +149,15 @@ class _RasterDataset(Dataset):
 class BalancedBlockDataset(_RasterDataset):
     """Training set: per epoch, one block per class and samples_per_class drawings of it (module docstring).
 
-    Items are ``(uint8 tensor (C, S, S), label)``; index i belongs to class ``i // samples_per_class``.
+    Items are ``(uint8 tensor (C, S, S), label)``, class by class: with "balanced" class sampling index i belongs to
+    class ``i // samples_per_class``; with "natural" sampling each class gives its largest block's count (a small
+    store's whole class, so an epoch is every drawing once and classes keep their natural frequencies; the block
+    size on the full set, where it is balanced again) and ``class_offsets`` says where each class starts.
     """
 
     def __init__(self, store: Store | str | Path, encoding: str, image_size: int = 128, line_width: int | None = None,
-                 samples_per_class: int | None = None, seed: int = 0, hflip: bool = True):
+                 samples_per_class: int | None = None, seed: int = 0, hflip: bool = True,
+                 class_sampling: str = "balanced"):
         super().__init__(store, encoding, image_size, line_width)
         sizes = self.store.block_sizes()
         self.block_sizes = [list(sizes.get(c, [])) for c in range(self.store.num_classes)]
@@ -161,7 +169,13 @@ class BalancedBlockDataset(_RasterDataset):
             samples_per_class = default_samples_per_class(self.block_sizes)
         if samples_per_class < 1 or seed < 0:
             raise ValueError(f"samples_per_class must be >= 1 and seed >= 0, got {samples_per_class}, {seed}")
+        if class_sampling not in ("balanced", "natural"):
+            raise ValueError(f"class_sampling must be 'balanced' or 'natural', got {class_sampling!r}")
         self.samples_per_class, self.seed, self.hflip = int(samples_per_class), int(seed), bool(hflip)
+        self.class_sampling = class_sampling
+        self.counts = (np.array([max(s) for s in self.block_sizes], np.int64) if class_sampling == "natural"
+                       else np.full(len(self.block_sizes), self.samples_per_class, np.int64))
+        self.class_offsets = np.r_[0, np.cumsum(self.counts)]
         # One shared-memory number: set_epoch in the main process is seen by persistent DataLoader workers.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._plan: tuple[int, np.ndarray, np.ndarray] | None = None
@@ -170,7 +184,7 @@ class BalancedBlockDataset(_RasterDataset):
         return super().__getstate__() | {"_plan": None}  # recomputed from (seed, epoch) where needed
 
     def __len__(self) -> int:
-        return self.store.num_classes * self.samples_per_class
+        return int(self.class_offsets[-1])
 
     @property
     def epoch(self) -> int:
@@ -186,7 +200,7 @@ class BalancedBlockDataset(_RasterDataset):
         epoch = self.epoch if epoch is None else epoch
         plan = self._plan
         if plan is None or plan[0] != epoch:
-            plan = self._plan = (epoch, *epoch_plan(self.block_sizes, self.samples_per_class, self.seed, epoch))
+            plan = self._plan = (epoch, *epoch_plan(self.block_sizes, self.counts.tolist(), self.seed, epoch))
         return plan[1], plan[2]
 
     def epoch_blocks(self, epoch: int | None = None) -> list[Block]:
@@ -209,9 +223,9 @@ class BalancedBlockDataset(_RasterDataset):
         epoch = self.epoch if epoch is None else epoch
         _, picks = self.plan(epoch)
         sources = self._open(epoch, lambda: self.epoch_blocks(epoch))
-        cls = idx // self.samples_per_class
+        cls = np.searchsorted(self.class_offsets, idx, side="right") - 1
         flip = flip_bits(self.seed, epoch, idx) if self.hflip else None
-        images = self._render(sources, cls, picks[cls, idx % self.samples_per_class], flip, out)
+        images = self._render(sources, cls, picks[cls, idx - self.class_offsets[cls]], flip, out)
         return images, torch.from_numpy(cls)
 
 

@@ -71,7 +71,8 @@ def expected(ds: BalancedBlockDataset, indices: list[int]) -> torch.Tensor:
     blocks, picks = ds.plan()
     out = []
     for i in indices:
-        c, j = divmod(i, ds.samples_per_class)
+        c = int(np.searchsorted(ds.class_offsets, i, side="right")) - 1  # class_offsets: multiples of samples_per_class
+        j = i - int(ds.class_offsets[c])  # when balanced, so (c, j) = divmod(i, samples_per_class)
         b = read_block(ds.store.train_blocks(c)[blocks[c]]).select([picks[c, j]])
         flip = flip_bits(ds.seed, ds.epoch, np.array([i])) if ds.hflip else None
         out.append(rasterize(b.xy, b.t, b.strokes, b.drawings, "rgb", 64, 1, None, flip)[0])
@@ -315,3 +316,18 @@ def test_thread_loader_shard_and_errors(store, tmp_path):
     with pytest.raises(StoreError, match="train_0000.qdb"):
         for epoch in range(6):  # some epoch picks the damaged block of class 1
             epoch_batches(loader, epoch)
+
+
+def test_natural_sampling_takes_every_class_at_its_size(store):
+    """Natural class sampling: class c gives max(its block sizes) drawings an epoch (6, 6, 7 here), labels in class
+    order, each drawing of the chosen block once when it fills the count."""
+    ds = dataset(store, class_sampling="natural", hflip=False)
+    assert len(ds) == 6 + 6 + 7 and ds.class_offsets.tolist() == [0, 6, 12, 19]
+    ds.set_epoch(2)
+    x, y = ds.__getitems__(list(range(len(ds))))
+    assert y.tolist() == [0] * 6 + [1] * 6 + [2] * 7
+    blocks, picks = ds.plan(2)
+    assert sorted(picks[2, :7].tolist()) == list(range(7))  # class 2's one block of 7, every drawing once
+    assert torch.equal(x, expected(ds, list(range(len(ds)))))
+    with pytest.raises(ValueError, match="class_sampling"):
+        dataset(store, class_sampling="uniform")
