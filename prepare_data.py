@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from dataclasses import fields
 
 from qdraw.prepare import PrepareOptions, prepare_input, report
@@ -48,7 +47,7 @@ def verify(root: str) -> None:
     except StoreError as exc:
         raise SystemExit(f"error: {exc}") from None
     for line in problems:
-        print(f"error: {line}", file=sys.stderr)
+        print(f"damaged: {line}")
     if problems:
         raise SystemExit(f"error: {len(problems)} problem(s) in {n} blocks of {root}")
     print(f"{root}: {n} blocks verified (structure, labels, CRC-32): all sound")

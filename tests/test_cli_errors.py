@@ -190,6 +190,16 @@ CASES = [
      "is not supported", "error"),
     ("bench-no-store", "bench.py", ["raster", "--data", "{root}/nowhere"], "not a prepared store", "error"),
     ("bench-no-command", "bench.py", [], "required", "usage"),
+    ("bench-store-no-store", "bench.py", ["store", "--data", "{root}/nowhere"], "not a prepared store", "error"),
+    ("prepare-verify-damaged", "prepare_data.py", ["--verify", "{damaged}"], "problem(s) in", "error"),
+    ("predict-no-ema-weights", "predict.py", ["--checkpoint", "{ckpt_rgb}", "--input", "{simp}", "--weights", "ema"],
+     "no EMA weights", "error"),
+    ("average-nothing-kept", "average_checkpoints.py", ["--run", "{root}", "--last", "3", "--output", "{root}/a.pth"],
+     "no epoch_*.pth", "error"),
+    ("average-other-runs", "average_checkpoints.py", ["--checkpoints", "{ckpt_rgb}", "{ckpt_other}", "--output",
+                                                      "{root}/a.pth"], "only checkpoints of one run", "error"),
+    ("average-no-ema", "average_checkpoints.py", ["--checkpoints", "{ckpt_rgb}", "--weights", "ema", "--output",
+                                                  "{root}/a.pth"], "no ema weights", "error"),
 ]
 
 

@@ -78,5 +78,5 @@ def test_verify_cli_reports_damage(tmp_path, raw_store, capsys):
     block.write_bytes(bytes(data))
     with pytest.raises(SystemExit, match="1 problem"):
         prepare_data.main(prepare_data.get_args_parser().parse_args(["--verify", str(tmp_path / "st")]))
-    err = capsys.readouterr().err
-    assert str(block) in err and "CRC-32" in err
+    out = capsys.readouterr().out
+    assert f"damaged: {block}" in out and "CRC-32" in out
