@@ -187,7 +187,8 @@ def main(args: argparse.Namespace) -> None:
         set_rng_state(rng)
     else:
         seed_all(args.seed + info.rank)
-    val, saved, snapshots = {"map3": math.nan}, start_epoch - 1, snapshot_epochs(job.lr_at, args.epochs)
+    val, saved = {"map3": math.nan}, start_epoch - 1
+    snapshots = snapshot_epochs(job.lr_at, args.epochs) if args.snapshots else set()
     try:
         for epoch in range(start_epoch, args.epochs):
             # Pick this epoch's data: dataset.set_epoch (one block per class, a pure function of (seed, epoch)) and

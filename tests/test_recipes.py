@@ -171,6 +171,7 @@ class TestAveraging:
         _run(_argv(raw_store, out, "--ema-decay", "0.5", "--min-lr", "1e-4"))
         rows = read_summary(out / "summary.csv")
         assert rows[-1]["lr"] == pytest.approx(1e-4, rel=1e-12) and "loader_wait_s" in rows[0]
+        assert not list(out.glob("snapshot_*.pth")) and not list(out.glob("epoch_*.pth"))  # only when asked
         results = {}
         for weights in ("auto", "raw", "ema"):
             predict.main(predict.get_args_parser().parse_args(
