@@ -8,6 +8,11 @@ through :func:`qdraw.loader.create_loader` with K loader threads (``loader_<enc>
 the cores) and with DataLoader worker processes (``..._w<K>``), and each loader's ratio to the one-core kernel rate,
 side by side. Figures are printed, never asserted.
 
+Like is compared with like: the kernel line draws the drawings of the loaders' epoch (a training set of
+``--drawings`` / classes drawings of each class, in a random order), the loaders draw that same epoch again and
+again, and each figure is timed over whole passes adding up to at least ``--min-seconds``: one-pass timings of a
+fraction of a second varied by +-15 % between runs on the shared 2-core machine.
+
     python bench.py raster --encoding rgb --size 128 --data data/kaggle_simplified
     python bench.py raster --encoding time --size 128 --data data/raw --workers 0
 """
@@ -22,7 +27,7 @@ import torch
 
 import data_loader_rgb  # noqa: F401  (registers grey, rgb)
 import data_loader_time  # noqa: F401  (registers time)
-from qdraw.dataset import BalancedBlockDataset, default_samples_per_class
+from qdraw.dataset import BalancedBlockDataset
 from qdraw.loader import create_loader
 from qdraw.encoding import Encoding, check_time, get_encoding
 from qdraw.raster import Sources, check_geometry, draw
@@ -36,9 +41,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--line-width", type=int, default=None, help="line width in px (default round(3 * size / 128))")
     p.add_argument("--batch-size", type=int, default=256, help="drawings per batch (default 256)")
     p.add_argument("--drawings", type=int, default=20000,
-                   help="drawings to rasterise, at most the store's (default 20000)")
+                   help="drawings of an epoch, spread evenly over the classes (default 20000)")
     p.add_argument("--baseline-drawings", type=int, default=1000, help="drawings for the PIL baseline (default 1000)")
-    p.add_argument("--loader-images", type=int, default=20000, help="images per DataLoader measurement (default 20000)")
+    p.add_argument("--min-seconds", type=float, default=2.0,
+                   help="time each figure over whole passes or epochs adding up to at least this (default 2 s)")
     p.add_argument("--threads", default=None, help="comma list of loader thread counts ('' to skip; default 1, 2, "
                    "4, ... up to the cores)")
     p.add_argument("--workers", default="0,2", help="comma list of DataLoader worker-process counts ('' to skip; "
@@ -76,43 +82,53 @@ def pil_draw(xy: np.ndarray, strokes: np.ndarray, drawings: np.ndarray, colors: 
     return out
 
 
-def _order(sources: Sources, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """n (source, drawing) pairs in a random order over all the store's training drawings (mixed blocks per batch)."""
-    src = np.repeat(np.arange(len(sources.sizes)), sources.sizes)
-    idx = np.concatenate([np.arange(k) for k in sources.sizes])
-    perm = np.random.default_rng(seed).permutation(len(src))[:n]
-    return src[perm], idx[perm]
+def _dataset(store: Store, args: argparse.Namespace) -> BalancedBlockDataset:
+    """The loaders' training set: --drawings / classes drawings of each class an epoch."""
+    per_class = max(1, -(-args.drawings // store.num_classes))
+    return BalancedBlockDataset(store, args.encoding, args.size, args.line_width, per_class, seed=args.seed)
+
+
+def _epoch_items(ds: BalancedBlockDataset, seed: int) -> tuple[Sources, np.ndarray, np.ndarray]:
+    """The (sources, source, drawing) of every item of the dataset's epoch 0, in a random order."""
+    _, picks = ds.plan(0)
+    src = np.repeat(np.arange(len(ds.counts)), ds.counts)
+    idx = np.concatenate([picks[c, :k] for c, k in enumerate(ds.counts)])
+    perm = np.random.default_rng(seed).permutation(len(src))
+    return Sources(ds.epoch_blocks(0)), src[perm], idx[perm]
 
 
 def _time_path(sources: Sources, src: np.ndarray, idx: np.ndarray, enc: Encoding, size: int, lw: int, margin: int,
-               batch: int, baseline: bool) -> float:
-    """CPU seconds of this process to gather, encode and draw the drawings in batches (compiled kernels, or PIL
-    when baseline); CPU time, not wall time, so that other load on the machine does not count."""
-    start = time.process_time()
-    for i in range(0, len(src), batch):
-        xy, t, strokes, drawings = sources.gather(src[i:i + batch], idx[i:i + batch], with_time=enc.needs_time)
-        colors = enc.colors(xy, t, strokes, drawings)
-        if baseline:
-            pil_draw(xy, strokes, drawings, colors, size, lw, margin)
-        else:
-            draw(xy, strokes, drawings, colors, size, lw, margin)
-    return time.process_time() - start
+               batch: int, baseline: bool, min_seconds: float = 0.0) -> float:
+    """Drawings per CPU second of this process to gather, encode and draw the drawings in batches (compiled kernels,
+    or PIL when baseline), over whole passes until min_seconds; CPU time, so that other load does not count."""
+    start, n = time.process_time(), 0
+    while n == 0 or time.process_time() - start < min_seconds:
+        for i in range(0, len(src), batch):
+            xy, t, strokes, drawings = sources.gather(src[i:i + batch], idx[i:i + batch], with_time=enc.needs_time)
+            colors = enc.colors(xy, t, strokes, drawings)
+            if baseline:
+                pil_draw(xy, strokes, drawings, colors, size, lw, margin)
+            else:
+                draw(xy, strokes, drawings, colors, size, lw, margin)
+        n += len(src)
+    return n / (time.process_time() - start)
 
 
 def _loader_rate(store: Store, args: argparse.Namespace, workers: int, backend: str) -> float:
-    """Images/s through create_loader (training mode), after the first batch (start-up) is out of the way."""
-    sizes = store.block_sizes()
-    per_class = max(default_samples_per_class(list(sizes.values())), -(-args.loader_images // store.num_classes))
-    ds = BalancedBlockDataset(store, args.encoding, args.size, args.line_width, per_class, seed=args.seed)
-    loader = create_loader(ds, args.batch_size, True, workers, seed=args.seed, pin_memory=False, backend=backend)
+    """Images/s (wall clock) through create_loader in training mode, epoch 0 over and over, after a first pass that
+    pays the start-up (thread pool or worker processes, first block maps)."""
+    loader = create_loader(_dataset(store, args), args.batch_size, True, workers, seed=args.seed, pin_memory=False,
+                           backend=backend)
     loader.set_epoch(0)
-    it = iter(loader)
-    next(it)
-    start, n = time.perf_counter(), 0
-    for x, _ in it:
-        n += len(x)
+    passes, n, start = 0, 0, 0.0
+    while passes < 2 or time.perf_counter() - start < args.min_seconds:
+        if passes == 1:
+            start = time.perf_counter()
+        for x, _ in loader:
+            n += len(x) if passes else 0
+        passes += 1
     rate = n / max(time.perf_counter() - start, 1e-9)
-    del it, loader
+    del loader
     return rate
 
 
@@ -134,15 +150,14 @@ def run(args: argparse.Namespace) -> None:
                    else []) if args.threads is None else [int(k) for k in args.threads.split(",") if k.strip()])
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
-    paths = [p for c in range(store.num_classes) for p in store.train_blocks(c)]
-    if not paths:
-        raise SystemExit(f"error: {args.data}: no training blocks")
-    sources = Sources([store.read_block(p) for p in paths])
-    src, idx = _order(sources, args.drawings, args.seed)
+    try:
+        sources, src, idx = _epoch_items(_dataset(store, args), args.seed)
+    except ValueError as exc:  # e.g. a class with no training drawings
+        raise SystemExit(f"error: {exc}") from None
     _time_path(sources, src[:8], idx[:8], enc, args.size, lw, margin, args.batch_size, False)  # JIT load
-    fast = len(src) / _time_path(sources, src, idx, enc, args.size, lw, margin, args.batch_size, False)
+    fast = _time_path(sources, src, idx, enc, args.size, lw, margin, args.batch_size, False, args.min_seconds)
     nb = min(args.baseline_drawings, len(src))
-    slow = nb / _time_path(sources, src[:nb], idx[:nb], enc, args.size, lw, margin, args.batch_size, True)
+    slow = _time_path(sources, src[:nb], idx[:nb], enc, args.size, lw, margin, args.batch_size, True)
     tag = f"{args.encoding}_{args.size}"
     print(f"raster_{tag} {fast:.0f} drawings/s/core  ({len(src)} drawings, line width {lw}, batch {args.batch_size})")
     print(f"pil_{tag} {slow:.0f} drawings/s/core  ({nb} drawings, PIL ImageDraw.line per segment)")

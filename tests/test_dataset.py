@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
+from qdraw.store import Store
 from qdraw.dataset import BalancedBlockDataset, SplitDataset, epoch_plan, flip_bits
 from qdraw.loader import create_loader, to_model_input
 from qdraw.raster import rasterize
@@ -331,3 +332,27 @@ def test_natural_sampling_takes_every_class_at_its_size(store):
     assert torch.equal(x, expected(ds, list(range(len(ds)))))
     with pytest.raises(ValueError, match="class_sampling"):
         dataset(store, class_sampling="uniform")
+
+
+def test_bench_raster_draws_the_loaders_epoch(raw_store, capsys):
+    """bench.py raster prints the kernel line and one line per loader; its kernel line draws exactly the drawings
+    of the loaders' epoch 0 (so their ratio compares like with like)."""
+    import argparse
+
+    from benchmarks import bench_raster
+
+    p = argparse.ArgumentParser()
+    bench_raster.add_args(p)
+    args = p.parse_args(["--data", str(raw_store), "--size", "64", "--drawings", "160", "--baseline-drawings", "8",
+                         "--threads", "1,2", "--workers", "0", "--min-seconds", "0"])
+    bench_raster.run(args)
+    out = capsys.readouterr().out
+    for label in ("raster_rgb_64 ", "pil_rgb_64 ", "loader_rgb_64_t1 ", "loader_rgb_64_t2 ", "loader_rgb_64_w0 "):
+        assert label in out, out
+    ds = bench_raster._dataset(Store(raw_store), args)
+    _, src, idx = bench_raster._epoch_items(ds, 0)
+    _, picks = ds.plan(0)
+    per_class = -(-160 // ds.store.num_classes)  # 6 classes: 27 each
+    assert np.array_equal(np.bincount(src), ds.counts) and set(ds.counts) == {per_class}
+    for c in range(ds.store.num_classes):  # the same drawings as the dataset's epoch 0, in another order
+        assert np.array_equal(np.sort(idx[src == c]), np.sort(picks[c, :per_class]))
