@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import resource
 import platform
 import re
 import shlex
@@ -29,7 +30,8 @@ class Runner:
     (repo-relative, so the logged commands run on any checkout next to ../shared)."""
 
     def __init__(self, lock: str | None):
-        self.lock, self.commands, self.seconds = lock, [], {}
+        self.lock, self.commands, self.seconds, self.cpu = lock, [], {}, {}
+        self.last_cpu = 0.0
 
     def note(self, script: str, *args: str) -> str:
         """Log a step's command line without running it (a finished step reused from an earlier invocation)."""
@@ -39,17 +41,19 @@ class Runner:
         return shown
 
     def __call__(self, script: str, *args: str, env: dict | None = None) -> float:
-        """Run one step; return its wall seconds (the wait for the lock excluded)."""
+        """Run one step; return its wall seconds (the wait for the lock excluded). Its CPU seconds (user + system,
+        all threads) are kept in .last_cpu: on a shared machine wall time grows with the load, CPU time much less."""
         cmd = [sys.executable, str(REPO / script), *args]
         shown = self.note(script, *args)
         print(f"$ {shown}", flush=True)
         with open(self.lock or os.devnull, "a") as lock:
             if self.lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # released on close, so other users' steps interleave with ours
-            start = time.time()
+            start, used = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
             done = subprocess.run(cmd, cwd=REPO, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True, env={**os.environ, **(env or {})})
-            elapsed = time.time() - start
+            elapsed, after = time.time() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.last_cpu = after.ru_utime + after.ru_stime - used.ru_utime - used.ru_stime
         if done.returncode:
             raise SystemExit(f"error: step failed ({done.returncode}): {shown}\n{done.stdout[-3000:]}")
         self.seconds[shown] = elapsed

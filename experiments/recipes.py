@@ -51,8 +51,8 @@ VARIANTS = [
             "the configs' 32-epoch first period, open-ended: the run stops with the rate still high"),
     Variant("EMA 0.995", {}, "ema", "the base runs' EMA weights (BatchNorm statistics averaged with them)"),
     Variant("average of last 3 epochs", {}, "avg3", "the base runs' epochs 5-7 averaged, BatchNorm re-estimated"),
-    Variant("snapshots of 4 cycles", {"period": "2", "snapshots": None}, "snapshots",
-            "four 2-epoch cosine cycles, their 4 end-of-cycle snapshots averaged, BatchNorm re-estimated"),
+    Variant("snapshots of 4 cycles", {"snapshots": None}, "snapshots",
+            "four cosine cycles of a quarter of the run, their 4 end-of-cycle snapshots averaged, BatchNorm re-estimated"),
     Variant("label smoothing 0.1", {"label-smoothing": "0.1"}),
     Variant("line width 1", {"line-width": "1"}),
     Variant("line width 3", {"line-width": "3"}),
@@ -74,7 +74,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=str(REPO.parent / "shared/data/quickdraw"), help="the real drawings")
     p.add_argument("--work", default="runs/recipes", help="stores, runs and predictions (default runs/recipes)")
     p.add_argument("--seeds", default="0,1", help="comma list of seeds (default 0,1)")
-    p.add_argument("--only", default=None, help="ablation: comma list of variant names to run (default all)")
+    p.add_argument("--only", default=None, help="variants (ablation) or configs (configs) to run, comma list (default all)")
+    p.add_argument("--epochs", type=int, default=8, help="ablation: epochs of the base run (default 8; the "
+                   "fitted cosine period follows)")
+    p.add_argument("--plain-epochs", type=int, default=4, help="compare: epochs of the plain reference (default 4: "
+                   "its 20 minutes on 2 cores, resnet34 at 64 px training at ~26 images/s)")
     p.add_argument("--recipe", default="configs/cpu_16class.yaml", help="compare: the recipe's config")
     p.add_argument("--lock", default=None, help="flock this file around each heavy step (default: none)")
     p.add_argument("--results", default="docs/RESULTS.md", help="markdown to update (default docs/RESULTS.md)")
@@ -113,19 +117,19 @@ class Lab:
         if timing.is_file():
             self.run.note(*cmd)
         else:
-            timing.write_text(json.dumps({"train_s": self.run(*cmd)}))
+            timing.write_text(json.dumps({"train_s": self.run(*cmd), "cpu_s": self.run.last_cpu}))
         return out, json.loads(timing.read_text())["train_s"]
 
-    def predict(self, ckpt: Path, weights: str = "auto") -> tuple[Path, float]:
-        """predict.py --tta on the labelled test split; returns (prediction CSV, predict wall s)."""
-        out = ckpt.with_name(f"{ckpt.stem}_{weights}_test.csv.gz")
-        cmd = ("predict.py", "--checkpoint", str(ckpt), "--input", str(self.store), "--split", "test", "--tta",
-               "--weights", weights, "--preds", str(out), "--labels", str(self.labels), "--quiet", "--workers", "2")
+    def predict(self, ckpt: Path, weights: str = "auto", tta: bool = True) -> tuple[Path, float]:
+        """predict.py (--tta by default) on the labelled test split; returns (prediction CSV, predict wall s)."""
+        out = ckpt.with_name(f"{ckpt.stem}_{weights}{'' if tta else '_notta'}_test.csv.gz")
+        cmd = ("predict.py", "--checkpoint", str(ckpt), "--input", str(self.store), "--split", "test",
+               *(["--tta"] if tta else []), "--weights", weights, "--preds", str(out), "--labels", str(self.labels), "--quiet", "--workers", "2")
         timing = out.with_name(out.name + ".json")
         if timing.is_file() and out.is_file():
             self.run.note(*cmd)
         else:
-            timing.write_text(json.dumps({"predict_s": self.run(*cmd)}))
+            timing.write_text(json.dumps({"predict_s": self.run(*cmd), "cpu_s": self.run.last_cpu}))
         return out, json.loads(timing.read_text())["predict_s"]
 
     def average(self, run: Path, how: str) -> Path:
@@ -139,16 +143,20 @@ class Lab:
         return out
 
 
-def _ablation_pred(lab: Lab, v: Variant, seed: int) -> Path:
+def _ablation_pred(lab: Lab, v: Variant, seed: int, epochs: int) -> Path:
     key = "base" if not v.change else v.name.replace(" ", "_").replace("(", "").replace(")", "")
-    run, _ = lab.train(f"ablation-{key}-s{seed}", flags(BASE | v.change | {"seed": str(seed)}))
+    base = BASE | {"epochs": str(epochs), "period": str(epochs)}
+    if "snapshots" in v.change:
+        v = Variant(v.name, v.change | {"period": str(epochs / 4)}, v.weights, v.what)
+    tag = "" if epochs == 8 else f"-e{epochs}"
+    run, _ = lab.train(f"ablation-{key}{tag}-s{seed}", flags(base | v.change | {"seed": str(seed)}))
     ckpt = lab.average(run, v.weights) if v.weights in ("avg3", "snapshots") else run / "last.pth"
     return lab.predict(ckpt, "ema" if v.weights == "ema" else "raw")[0]
 
 
-def ablation(lab: Lab, seeds: list[int], only: set[str] | None) -> str:
+def ablation(lab: Lab, seeds: list[int], only: set[str] | None, epochs: int) -> str:
     chosen = [v for v in VARIANTS if not only or v.name in only or v.name == "base"]
-    preds = {(v.name, seed): _ablation_pred(lab, v, seed) for seed in seeds for v in chosen}  # seed 0 first
+    preds = {(v.name, seed): _ablation_pred(lab, v, seed, epochs) for seed in seeds for v in chosen}  # seed 0 first
     aps = {v.name: [per_drawing_ap(preds[v.name, s], lab.labels)[1] for s in seeds] for v in chosen}
     base = aps["base"]
     lines = ["| variant | what changes | MAP@3 (mean of seeds) | per seed | vs base (paired) |", "|---|---|---|---|---|"]
@@ -175,35 +183,59 @@ def compare(lab: Lab, seeds: list[int], recipe: str) -> str:
         run, train_s = lab.train(f"recipe-s{seed}", ["--config", str(REPO / recipe), "--seed", str(seed)])
         pred, pred_s = lab.predict(run / "last.pth")
         aps["recipe"].append(per_drawing_ap(pred, lab.labels)[1])
-        rows.append(("recipe", seed, train_s + pred_s, aps["recipe"][-1].mean()))
-        plain = lab.work / "runs" / f"plain-s{seed}"
+        timings = (run / "timing.json", pred.with_name(pred.name + ".json"))
+        cpu = sum(json.loads(t.read_text()).get("cpu_s", float("nan")) for t in timings)
+        rows.append(("recipe", seed, train_s + pred_s, cpu, aps["recipe"][-1].mean()))
+        plain = lab.work / "runs" / f"plain-e{lab.args.plain_epochs}-s{seed}"
         plain.mkdir(parents=True, exist_ok=True)
         timing = plain / "timing.json"
         cmd = ("experiments/plain_baseline.py", "--data", str(Path(lab.args.data_root) / "kaggle"), "--output",
-               str(plain / "preds.csv"), "--seed", str(seed))
+               str(plain / "preds.csv"), "--seed", str(seed), "--epochs", str(lab.args.plain_epochs))
         if timing.is_file():
             lab.run.note(*cmd)
         else:
-            timing.write_text(json.dumps({"train_s": lab.run(*cmd)}))
+            timing.write_text(json.dumps({"train_s": lab.run(*cmd), "cpu_s": lab.run.last_cpu}))
         aps["plain"].append(per_drawing_ap(plain / "preds.csv", lab.labels)[1])
-        rows.append(("plain", seed, json.loads(timing.read_text())["train_s"], aps["plain"][-1].mean()))
-        print(f"seed {seed}: recipe {rows[-2][3]:.4f} in {rows[-2][2]:.0f} s, plain {rows[-1][3]:.4f} in "
+        t = json.loads(timing.read_text())
+        rows.append(("plain", seed, t["train_s"], t.get("cpu_s", float("nan")), aps["plain"][-1].mean()))
+        print(f"seed {seed}: recipe {rows[-2][4]:.4f} in {rows[-2][2]:.0f} s, plain {rows[-1][4]:.4f} in "
               f"{rows[-1][2]:.0f} s ({time.time() - start:.0f} s)", flush=True)
-    lines = ["| model | seed | wall s (train + predict) | MAP@3 |", "|---|---|---|---|"]
-    lines += [f"| {n} | {s} | {t:.0f} | {m:.4f} |" for n, s, t, m in rows]
+    lines = ["| model | seed | wall s (train + predict) | CPU s | MAP@3 |", "|---|---|---|---|---|"]
+    lines += [f"| {n} | {s} | {t:.0f} | {c:.0f} | {m:.4f} |" for n, s, t, c, m in rows]
     mean = {k: np.mean([a.mean() for a in v]) for k, v in aps.items()}
     d, se = paired(aps["recipe"], aps["plain"])
     lines += ["", f"Mean of {len(seeds)} seeds: recipe **{mean['recipe']:.4f}**, plain {mean['plain']:.4f}; "
-                  f"recipe - plain = **{d:+.4f} ± {se:.4f}** (paired by drawing and seed)."]
-    return "\n".join(lines)
+                  f"recipe - plain = **{d:+.4f} ± {se:.4f}** (paired by drawing and seed).", ""]
+    return "\n".join(lines + _recipe_weights(lab, seeds, aps["recipe"]))
 
 
-def configs(lab: Lab) -> str:
+def _recipe_weights(lab: Lab, seeds: list[int], recipe_aps: list[np.ndarray]) -> list[str]:
+    """The recipe's own runs scored other ways (no new training): raw weights instead of the EMA, no TTA, and the
+    average of its last 3 epochs (BatchNorm re-estimated), each paired against the recipe as shipped."""
+    ways = {"raw weights (no EMA), TTA": [], "EMA, no TTA": [], "average of the last 3 epochs, TTA": []}
+    for seed in seeds:
+        run = lab.work / "runs" / f"recipe-s{seed}"
+        preds = [lab.predict(run / "last.pth", "raw")[0], lab.predict(run / "last.pth", "ema", tta=False)[0],
+                 lab.predict(lab.average(run, "avg3"), "raw")[0]]
+        for way, pred in zip(ways, preds):
+            ways[way].append(per_drawing_ap(pred, lab.labels)[1])
+    lines = ["The recipe's runs scored other ways (same runs, no new training):", "",
+             "| weights | MAP@3 (mean of seeds) | vs the recipe as shipped (EMA + TTA), paired |", "|---|---|---|",
+             f"| EMA + TTA (as shipped) | {np.mean([a.mean() for a in recipe_aps]):.4f} | — |"]
+    for way, aps in ways.items():
+        lines.append(f"| {way} | {np.mean([a.mean() for a in aps]):.4f} | "
+                     "{:+.4f} ± {:.4f} |".format(*paired(aps, recipe_aps)))
+    return lines
+
+
+def configs(lab: Lab, only: set[str] | None) -> str:
     """Every per-architecture config run short on the 16 classes: 4 epochs at 64 px (resnet34 also 8)."""
     lines = ["| config | epochs | batch used | last lr (= min_lr?) | val MAP@3 | test MAP@3 (TTA) | train s |",
              "|---|---|---|---|---|---|---|"]
-    runs = [(p.stem, 4) for p in sorted((REPO / "configs").glob("*.yaml"))
-            if p.stem not in ("demo", "cpu_16class", "cpu_345class")] + [("resnet34", 8)]
+    runs = [("resnet34", 8)] + [(p.stem, 4) for p in sorted((REPO / "configs").glob("*.yaml"))
+                                if p.stem not in ("demo", "cpu_16class", "cpu_345class")]
+    if only:
+        runs = [r for r in runs if r[0] in only]
     for name, epochs in runs:
         run, train_s = lab.train(f"config-{name}-e{epochs}", ["--config", str(REPO / "configs" / f"{name}.yaml"),
                                                               "--epochs", str(epochs), "--image-size", "64",
@@ -229,13 +261,13 @@ def main(args: argparse.Namespace) -> None:
     start = time.time()
     lab = Lab(args)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    only = set(args.only.split(",")) if args.only else None
     if args.step == "ablation":
-        only = set(args.only.split(",")) if args.only else None
-        body, title = ablation(lab, seeds, only), "Ablation on the 16 real classes"
+        body, title = ablation(lab, seeds, only, args.epochs), "Ablation on the 16 real classes"
     elif args.step == "compare":
         body, title = compare(lab, seeds, args.recipe), "The CPU recipe against the plain reference"
     else:
-        body, title = configs(lab), "Every per-architecture config run short"
+        body, title = configs(lab, only), "Every per-architecture config run short"
     argv = " ".join(shlex.quote(a) for a in sys.argv[1:])
     text = "\n".join([f"### {title} (generated by experiments/recipes.py)", "",
                       f"Machine: {machine()}. Wall time of this step: {(time.time() - start) / 60:.1f} min "
