@@ -155,18 +155,28 @@ def run(args: argparse.Namespace) -> None:
     except ValueError as exc:  # e.g. a class with no training drawings
         raise SystemExit(f"error: {exc}") from None
     _time_path(sources, src[:8], idx[:8], enc, args.size, lw, margin, args.batch_size, False)  # JIT load
-    fast = _time_path(sources, src, idx, enc, args.size, lw, margin, args.batch_size, False, args.min_seconds)
+
+    def kernel() -> float:
+        return _time_path(sources, src, idx, enc, args.size, lw, margin, args.batch_size, False, args.min_seconds)
+
+    kernels = [kernel()]
     nb = min(args.baseline_drawings, len(src))
     slow = _time_path(sources, src[:nb], idx[:nb], enc, args.size, lw, margin, args.batch_size, True)
+    loaders = []
+    # Each loader is timed between two kernel timings and divided by their mean: the machine's speed drifts over a
+    # run (seen here: the same kernel at 37k and 54k drawings/s in runs minutes apart), so a ratio is only read
+    # against a kernel figure taken at the same time.
+    for backend, k in [("threads", k) for k in threads] + [("processes", w) for w in workers]:
+        loaders.append((backend, k, _loader_rate(store, args, k, backend), kernels[-1]))
+        kernels.append(kernel())
+        loaders[-1] = loaders[-1][:3] + ((loaders[-1][3] + kernels[-1]) / 2,)
+    fast = float(np.mean(kernels))
     tag = f"{args.encoding}_{args.size}"
-    print(f"raster_{tag} {fast:.0f} drawings/s/core  ({len(src)} drawings, line width {lw}, batch {args.batch_size})")
+    print(f"raster_{tag} {fast:.0f} drawings/s/core  ({len(src)} drawings, line width {lw}, batch {args.batch_size}; "
+          f"mean of {len(kernels)} timings, {min(kernels):.0f} to {max(kernels):.0f})")
     print(f"pil_{tag} {slow:.0f} drawings/s/core  ({nb} drawings, PIL ImageDraw.line per segment)")
     print(f"speedup_{tag} {fast / slow:.1f}x")
-    for k in threads:
-        rate = _loader_rate(store, args, k, "threads")
-        print(f"loader_{tag}_t{k} {rate:.0f} images/s  ({rate / fast:.2f}x the one-core kernel; {k} loader threads, "
-              f"batch {args.batch_size})", flush=True)
-    for w in workers:
-        rate = _loader_rate(store, args, w, "processes")
-        print(f"loader_{tag}_w{w} {rate:.0f} images/s  ({rate / fast:.2f}x the one-core kernel; {w} DataLoader "
-              f"worker processes, batch {args.batch_size})", flush=True)
+    for backend, k, rate, near in loaders:
+        what = f"{k} loader threads" if backend == "threads" else f"{k} DataLoader worker processes"
+        print(f"loader_{tag}_{'t' if backend == 'threads' else 'w'}{k} {rate:.0f} images/s  ({rate / near:.2f}x the "
+              f"one-core kernel timed around it, {near:.0f}; {what}, batch {args.batch_size})", flush=True)

@@ -46,7 +46,7 @@ __all__ = ["BalancedBlockDataset", "SplitDataset", "epoch_plan", "flip_bits"]
 def flip_bits(seed: int, epoch: int, index: np.ndarray) -> np.ndarray:
     """A fair coin per item, a pure function of (seed, epoch, index): bool array like index."""
     index = np.asarray(index, np.int64).astype(np.uint64)
-    key = mix64(mix64(np.full(index.shape, seed, np.uint64)) ^ np.uint64(epoch))
+    key = mix64(mix64(np.uint64(seed)) ^ np.uint64(epoch))  # one key per (seed, epoch), hashed once per batch
     return (mix64(key ^ index) >> np.uint64(63)).astype(bool)
 
 
