@@ -22,7 +22,7 @@ import pytest
 from qdraw.binfmt import BinParser, encode_drawing, unix_seconds
 from qdraw.formats import FormatError, scan_folder
 from qdraw.pack import is_validation, normalise
-from qdraw.prepare import PrepareOptions, prepare_input
+from qdraw.prepare import PrepareOptions, pack_eval_input, prepare_input
 from qdraw.sketchrnn import NpzParser, key_ids, load_split, to_stroke3, write_npz
 from qdraw.store import Store, concat_blocks, read_block
 
@@ -301,3 +301,12 @@ def test_mixed_folder_cli_is_one_error_line(tmp_path):
 def test_max_per_class_applies_to_each_npz_split(converted, tmp_path):
     res = _prepare(converted["npz"], tmp_path / "m", classes="cat", max_per_class=5)
     assert res["classes"]["cat"]["read"] == 15 and res["test"]["read"] == 5
+
+
+def test_predict_input_reads_every_format(converted, tmp_path):
+    """predict.py packs a folder it is given the same way: .bin and .ndjson.gz agree, .npz gives all its splits."""
+    a = pack_eval_input(converted["bin"], tmp_path / "a", FEW)
+    b = pack_eval_input(converted["ndjson_gz"], tmp_path / "b", FEW)
+    assert a["read"] == b["read"] and _blocks(tmp_path / "a") == _blocks(tmp_path / "b")
+    c = pack_eval_input(converted["npz"], tmp_path / "c", FEW)
+    assert c["read"] == sum(c["train"]) == a["read"] and c["labelled"]
