@@ -24,7 +24,7 @@ from qdraw.formats import FormatError, scan_folder
 from qdraw.pack import is_validation, normalise
 from qdraw.prepare import PrepareOptions, pack_eval_input, prepare_input
 from qdraw.sketchrnn import NpzParser, key_ids, load_split, to_stroke3, write_npz
-from qdraw.store import Store, concat_blocks, read_block
+from qdraw.store import Store, concat_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 FEW = ["The Eiffel Tower", "airplane", "cat", "eye"]
