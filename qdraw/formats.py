@@ -16,8 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 GZIP_MAGIC = b"\x1f\x8b"
-ZIP_MAGIC = b"PK\x03\x04"
-FORMATS = ("ndjson", "csv", "bin", "npz")
 _SUFFIXES = ((".full.npz", "npz"), (".npz", "npz"), (".ndjson", "ndjson"), (".csv", "csv"), (".bin", "bin"))
 READ_BYTES = 4 << 20
 
