@@ -1,13 +1,17 @@
-"""Download Google's per-class Quick, Draw! ndjson files (simplified or raw) with resume and a progress bar.
+"""Download Google's per-class Quick, Draw! files (ndjson, binary or Sketch-RNN) with resume and a progress bar.
 
-Files come from Google's public bucket, ``<base-url>/<kind>/<word>.ndjson`` (data (c) Google, CC BY 4.0, see
-https://github.com/googlecreativelab/quickdraw-dataset); the output folder is the Google layout that
-``prepare_data.py --input`` reads. A finished ``<word>.ndjson`` is skipped; an interrupted one stays as
-``<word>.ndjson.part`` and the next run continues it with an HTTP Range request. A class that fails (HTTP error,
-network error) gets one error line; the others still download and the exit status is non-zero at the end.
+Files come from Google's public bucket (data (c) Google, CC BY 4.0, see
+https://github.com/googlecreativelab/quickdraw-dataset): ``<base-url>/simplified|raw/<word>.ndjson``,
+``<base-url>/binary/<word>.bin`` and ``<base-url>/sketchrnn/<word>.npz`` (``.full.npz`` with --full); the bucket
+keeps sketchrnn/ beside full/, so that kind has its own default base URL. The output folder is a layout that
+``prepare_data.py --input`` reads. A finished file is skipped; an interrupted one stays as ``<file>.part`` and the
+next run continues it with an HTTP Range request. A class that fails (HTTP error, network error) gets one error
+line; the others still download and the exit status is non-zero at the end.
 
     python download_data.py --kind simplified --classes cat,dog,"smiley face" --output data/quickdraw/simplified
     python download_data.py --kind raw --output data/quickdraw/raw          # all 345 classes
+    python download_data.py --kind binary --classes cat,dog                 # data/quickdraw/binary/<word>.bin
+    python download_data.py --kind sketchrnn --full --classes cat           # data/quickdraw/sketchrnn/cat.full.npz
     python download_data.py --classes my_classes.txt --base-url http://mirror.example/quickdraw
 """
 from __future__ import annotations
@@ -26,7 +30,11 @@ from tqdm import tqdm
 from qdraw.atomic import publish
 
 DEFAULT_BASE_URL = "https://storage.googleapis.com/quickdraw_dataset/full"
-KINDS = ("simplified", "raw")
+SKETCHRNN_BASE_URL = "https://storage.googleapis.com/quickdraw_dataset"
+# kind -> (folder in the bucket, file extension)
+KIND_FILES = {"simplified": ("simplified", ".ndjson"), "raw": ("raw", ".ndjson"), "binary": ("binary", ".bin"),
+              "sketchrnn": ("sketchrnn", ".npz")}
+KINDS = tuple(KIND_FILES)
 
 # Google's 345 class names (the file names of the bucket), sorted case-insensitively.
 GOOGLE_CLASSES: list[str] = [
@@ -73,9 +81,15 @@ class DownloadError(Exception):
     """One class could not be downloaded; the message is a short reason for the error line."""
 
 
-def class_url(base_url: str, kind: str, word: str) -> str:
+def file_name(kind: str, word: str, full: bool = False) -> str:
+    """The class file's name: ``<word>.ndjson``, ``<word>.bin``, ``<word>.npz`` or (full) ``<word>.full.npz``."""
+    ext = KIND_FILES[kind][1]
+    return f"{word}{'.full' if full else ''}{ext}"
+
+
+def class_url(base_url: str, kind: str, word: str, full: bool = False) -> str:
     """URL of one class file; the name is percent-quoted ("smiley face" -> "smiley%20face")."""
-    return f"{base_url.rstrip('/')}/{kind}/{urllib.parse.quote(word)}.ndjson"
+    return f"{base_url.rstrip('/')}/{KIND_FILES[kind][0]}/{urllib.parse.quote(file_name(kind, word, full))}"
 
 
 def _range_total(content_range: str | None) -> int | None:
@@ -163,14 +177,18 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("Data")
     g.add_argument("--kind", choices=KINDS, default="simplified",
-                   help="simplified (x/y 0-255) or raw (canvas px + ms timing) (default simplified)")
+                   help="simplified (ndjson, x/y 0-255), raw (ndjson, canvas px + ms timing), binary (Google's .bin of "
+                   "the simplified drawings) or sketchrnn (stroke-3 .npz, 75k drawings a class) (default simplified)")
+    g.add_argument("--full", action="store_true",
+                   help="sketchrnn only: the <word>.full.npz files with every drawing (default: <word>.npz)")
     g.add_argument("--classes", default=None,
                    help="comma list or a file with one class name per line (default: all 345 Google classes)")
-    g.add_argument("--base-url", default=DEFAULT_BASE_URL,
-                   help=f"bucket root above <kind>/ (default {DEFAULT_BASE_URL})")
+    g.add_argument("--base-url", default=None,
+                   help=f"bucket root above the kind's folder (default {DEFAULT_BASE_URL}, for sketchrnn "
+                   f"{SKETCHRNN_BASE_URL})")
     g.add_argument("--timeout", type=float, default=60.0, help="seconds to wait on a silent connection (default 60)")
     g = p.add_argument_group("Output")
-    g.add_argument("--output", default=None, help="folder for <word>.ndjson (default data/quickdraw/<kind>)")
+    g.add_argument("--output", default=None, help="folder for the class files (default data/quickdraw/<kind>)")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="show tqdm progress bars (default on)")
     return p
@@ -180,8 +198,11 @@ def main(args: argparse.Namespace) -> None:
     classes = resolve_classes(args.classes)
     if not args.timeout > 0:
         raise SystemExit(f"error: --timeout must be > 0 seconds, got {args.timeout}")
-    if urllib.parse.urlsplit(args.base_url).scheme not in ("http", "https", "file"):
-        raise SystemExit(f"error: --base-url {args.base_url!r} must start with http://, https:// or file://")
+    if args.full and args.kind != "sketchrnn":
+        raise SystemExit(f"error: --full is for --kind sketchrnn (.full.npz), not {args.kind}")
+    base_url = args.base_url or (SKETCHRNN_BASE_URL if args.kind == "sketchrnn" else DEFAULT_BASE_URL)
+    if urllib.parse.urlsplit(base_url).scheme not in ("http", "https", "file"):
+        raise SystemExit(f"error: --base-url {base_url!r} must start with http://, https:// or file://")
     out = Path(args.output) if args.output else Path("data/quickdraw") / args.kind
     if out.exists() and not out.is_dir():
         raise SystemExit(f"error: --output {out} is not a folder")
@@ -190,8 +211,9 @@ def main(args: argparse.Namespace) -> None:
     failed = []
     for word in tqdm(classes, desc=f"{args.kind} files", unit="file", disable=not args.progress):
         try:
-            counts[download_file(class_url(args.base_url, args.kind, word), out / f"{word}.ndjson",
-                                 timeout=args.timeout, progress=args.progress)] += 1
+            counts[download_file(class_url(base_url, args.kind, word, args.full),
+                                 out / file_name(args.kind, word, args.full), timeout=args.timeout,
+                                 progress=args.progress)] += 1
         except DownloadError as exc:
             hint = "" if word in GOOGLE_CLASSES else " (not one of Google's 345 class names)"
             tqdm.write(f"error: {word}: {exc}{hint}", file=sys.stderr)

@@ -1,6 +1,8 @@
 """Turn input files into .qdb blocks: chunked fast parsing, validation, raw normalisation, the validation split.
 
-A file is read in chunks of a few MB. qdraw.fastparse parses every row of a chunk into flat arrays in one call; the
+Text files (ndjson, Kaggle CSV, either gzip-compressed or not) are parsed here; Google's binary files and Sketch-RNN
+files have their own chunk readers (qdraw.binfmt, qdraw.sketchrnn) that yield the same Blocks. A file is read in
+chunks of a few MB. qdraw.fastparse parses every row of a chunk into flat arrays in one call; the
 rare row it does not accept is re-read with orjson (qdraw.readers / qdraw.strokes), which has the final word. Checks
 and Google's raw normalisation then run vectorised per chunk, and drawings are routed to the train or validation
 builder, which writes a block whenever it holds block_size drawings: memory stays bounded by a chunk plus two blocks.
@@ -17,7 +19,10 @@ import numpy as np
 
 from . import fastparse
 from .atomic import atomic_dir, write_text
+from .binfmt import BinParser
+from .formats import class_name, read_chunks
 from .readers import TEST_COLUMNS, TRAIN_COLUMNS, Row, csv_columns, kaggle_row, ndjson_row, split_csv_line
+from .sketchrnn import NpzParser
 from .store import Block, concat_blocks, make_block, mix64, write_block
 from .strokes import DrawingError, check_drawing, loads_drawing, to_arrays
 
@@ -78,27 +83,29 @@ class _Parser:
         self.cols[:] = [idx["drawing"], idx["key_id"], idx["countrycode"], idx.get("recognized", -1), len(names)]
 
     def chunks(self, limit: int | None) -> Iterator[Block]:
-        """Valid drawings of each chunk of the file (at most limit rows read), label 0; counts every rejection."""
+        """Valid drawings of each chunk of the file (at most limit rows read), label 0; counts every rejection.
+
+        The file may be gzip-compressed (qdraw.formats.read_chunks decides by its first bytes)."""
         rest = b""
-        with open(self.path, "rb") as f:
-            while limit is None or self.rows_read < limit:
-                data = f.read(CHUNK_BYTES)
-                buf = rest + data
-                if not data:
-                    if buf.strip():
-                        buf += b"\n"  # a last line without newline
-                    else:
-                        break
-                cut = buf.rfind(b"\n") + 1
-                buf, rest = buf[:cut], buf[cut:]
-                if self.header is None and self.fmt != "ndjson" and buf:
-                    first = buf.find(b"\n") + 1
-                    self._csv_header(buf[:first])
-                    buf = buf[first:]
-                if buf:
-                    yield self._parse(buf, limit)
-                if not data:
+        pieces = read_chunks(self.path, CHUNK_BYTES)
+        while limit is None or self.rows_read < limit:
+            data = next(pieces, b"")
+            buf = rest + data
+            if not data:
+                if buf.strip():
+                    buf += b"\n"  # a last line without newline
+                else:
                     break
+            cut = buf.rfind(b"\n") + 1
+            buf, rest = buf[:cut], buf[cut:]
+            if self.header is None and self.fmt != "ndjson" and buf:
+                first = buf.find(b"\n") + 1
+                self._csv_header(buf[:first])
+                buf = buf[first:]
+            if buf:
+                yield self._parse(buf, limit)
+            if not data:
+                break
 
     def _parse(self, data: bytes, limit: int | None) -> Block:
         buf = np.frombuffer(data, np.uint8)
@@ -223,30 +230,50 @@ class _Writer:
         self.pending, self.held = ([rest] if len(rest) else []), len(rest)
 
 
+def _chunks(path: Path, fmt: str, kind: str, skipped: Counter, limit: int | None):
+    """The reader of one format: (its row counter, an iterator of (chunk Block, the file's split or None))."""
+    if fmt == "npz":
+        parser = NpzParser(path, class_name(path), skipped)
+        return parser, parser.chunks(limit)
+    parser = BinParser(path, skipped) if fmt == "bin" else _Parser(path, fmt, kind, skipped)
+    return parser, ((block, None) for block in parser.chunks(limit))
+
+
 def pack_file(path: Path, fmt: str, kind: str, label_of: Callable[[Block], np.ndarray], out_dir: Path,
-              block_size: int, val_every: int | None, train_prefix: str = "train", limit: int | None = None) -> dict:
+              block_size: int, val_every: int | None, train_prefix: str = "train", limit: int | None = None,
+              split_by: str = "keyid") -> dict:
     """Pack one file into blocks in out_dir; return counts (rows read, drawings per block, skipped per reason).
 
-    fmt: "ndjson" | "kaggle_train" | "kaggle_test". label_of maps a chunk Block to labels (int16, -1 unlabelled);
-    drawings it labels -2 are dropped as "unknown class". val_every=None sends every drawing to train_prefix (test).
+    fmt: "ndjson" | "kaggle_train" | "kaggle_test" | "bin" | "npz". label_of maps a chunk Block to labels (int16, -1
+    unlabelled); drawings it labels -2 are dropped as "unknown class". val_every=None sends every drawing to
+    train_prefix (test). split_by="file" keeps a Sketch-RNN file's own split: valid -> val, test -> ``test_<b>.qdb``
+    (counted under "test"); "keyid" (and every other format) splits by the key_id hash.
     """
     skipped: Counter = Counter()
-    parser = _Parser(path, fmt, kind, skipped)
-    train = _Writer(out_dir, train_prefix, block_size)
-    val = _Writer(out_dir, "val", block_size)
-    for chunk in parser.chunks(limit):
+    parser, chunks = _chunks(path, fmt, kind, skipped, limit)
+    writers = {"train": _Writer(out_dir, train_prefix, block_size), "val": _Writer(out_dir, "val", block_size),
+               "test": _Writer(out_dir, "test", block_size)}
+    for chunk, split in chunks:
         chunk.label[:] = label_of(chunk)
         known = chunk.label != -2
         skipped["unknown class"] += int((~known).sum())
-        is_val = is_validation(chunk.key_id, val_every) if val_every else np.zeros(len(chunk), bool)
-        for writer, mask in ((train, known & ~is_val), (val, known & is_val)):
+        if val_every and split is not None and split_by == "file":
+            route = {"train": "train", "valid": "val", "test": "test"}[split]
+            masks = [(writers[route], known)]
+        else:
+            is_val = is_validation(chunk.key_id, val_every) if val_every else np.zeros(len(chunk), bool)
+            masks = [(writers["train"], known & ~is_val), (writers["val"], known & is_val)]
+        for writer, mask in masks:
             writer.add(chunk if mask.all() else chunk.select(np.flatnonzero(mask)))
-    return {"read": parser.rows_read, "train": train.close(), "val": val.close(),
-            "skipped": {k: v for k, v in sorted(skipped.items()) if v}}
+    stats = {"read": parser.rows_read, "train": writers["train"].close(), "val": writers["val"].close()}
+    test = writers["test"].close()
+    if test:
+        stats["test"] = test
+    return stats | {"skipped": {k: v for k, v in sorted(skipped.items()) if v}}
 
 
 def pack_class(path: Path, fmt: str, kind: str, label: int, class_dir: Path, block_size: int, val_every: int,
-               limit: int | None = None) -> dict:
+               limit: int | None = None, split_by: str = "keyid") -> dict:
     """Pack one per-class file into class_dir atomically: build in a hidden sibling folder, then rename it.
 
     A class folder with stats.json is finished: a rerun returns its counts without reading the input again.
@@ -256,7 +283,7 @@ def pack_class(path: Path, fmt: str, kind: str, label: int, class_dir: Path, blo
     # A folder without stats.json can only be left from an older crash: atomic_dir replaces it.
     with atomic_dir(class_dir) as tmp:
         stats = pack_file(path, fmt, kind, lambda b: np.full(len(b), label, np.int16), tmp, block_size, val_every,
-                          limit=limit)
+                          limit=limit, split_by=split_by)
         stats["source"] = str(path)
         write_text(tmp / "stats.json", json.dumps(stats))
     return stats

@@ -1,5 +1,8 @@
 """The work behind prepare_data.py: detect the layout, pack every class in parallel, pack the test CSV, write meta.json.
 
+Sketch-RNN files carry their own test split: each class writes it beside its blocks and it is gathered into the
+store's ``test/`` folder after the classes (labelled by class), instead of a Kaggle test CSV.
+
 Kept out of the CLI so train.py can prepare the synthetic default on the fly and tests can call it directly.
 """
 from __future__ import annotations
@@ -16,7 +19,8 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
-from .atomic import atomic_dir, clean_temp_files, write_text
+from .atomic import atomic_dir, clean_temp_files, write_bytes, write_text
+from .formats import first_line
 from .pack import pack_class, pack_file
 from .readers import Layout, Row, detect_layout, read_kaggle_test, read_solution
 from .store import FORMAT_VERSION
@@ -41,10 +45,16 @@ class PrepareOptions:
     workers: int = 1
     synthetic_per_class: int = 1500
     seed: int = 0
+    split_by: str = "file"
+
+
+SPLIT_BY = ("file", "keyid")
 
 
 def sniff_kind(layout: Layout) -> str:
-    """'raw' when the first valid drawing has a time list per stroke, else 'simplified'."""
+    """'raw' when the first valid drawing has a time list per stroke, else 'simplified' (always for .bin / .npz)."""
+    if layout.kind:
+        return layout.kind
     for path in layout.files.values():
         for i, row in enumerate(layout.read(path)):
             if i > 1000:
@@ -74,7 +84,8 @@ def _pack_test(args, out: Path, kind: str, classes: list[str], test: Path, unkno
     A drawing whose solution word is not among classes gets label ``unknown``: -2 drops it (a store restricted to
     some classes), -1 keeps it unlabelled (prediction, where every drawing needs a row).
     """
-    sol_path = test.with_name(test.stem + "_solution.csv")
+    stem = test.name.removesuffix(".gz").removesuffix(".csv")
+    sol_path = test.with_name(stem + "_solution.csv")
     solution = read_solution(sol_path) if sol_path.is_file() else {}
     index = {c.replace(" ", "_"): i for i, c in enumerate(classes)}
 
@@ -104,17 +115,48 @@ def _check_settings(out: Path, settings: dict) -> None:
         write_text(path, json.dumps(settings))
 
 
+def _default_test(source: Path, kind: str) -> Path | None:
+    """The Kaggle test CSV beside a train folder, plain or gzip-compressed, if there is one."""
+    for name in (f"test_{kind}.csv", f"test_{kind}.csv.gz"):
+        if (source.parent / name).is_file():
+            return source.parent / name
+    return None
+
+
+def _gather_test(out: Path, classes: list[str], stats: dict) -> dict | None:
+    """Copy each class's own test blocks (Sketch-RNN's test split) into out/test as block_<class>_<b>.qdb."""
+    sizes = [n for c in classes for n in stats[c].get("test", [])]
+    if not sizes:
+        return None
+    with atomic_dir(out / "test") as tmp:
+        for idx in range(len(classes)):
+            for b, path in enumerate(sorted((out / "classes" / f"{idx:03d}").glob("test_*.qdb"))):
+                write_bytes(tmp / f"block_{idx:03d}_{b:04d}.qdb", path.read_bytes())
+        test = {"read": sum(sizes), "train": sizes, "skipped": {}, "source": "the files' own test split",
+                "labelled": True}
+        write_text(tmp / "stats.json", json.dumps(test))
+    return test
+
+
 def prepare(args: PrepareOptions, source: Path, name: str | None = None) -> dict:
     out = Path(args.output)
     if args.test and not args.no_test and not Path(args.test).is_file():  # before packing, not after
         raise ValueError(f"{args.test}: no such test CSV")
+    if args.split_by not in SPLIT_BY:
+        raise ValueError(f"split_by must be one of {', '.join(SPLIT_BY)}, got {args.split_by!r}")
     layout = detect_layout(source)
+    own_split = layout.name == "npz" and args.split_by == "file"
+    if own_split and args.test and not args.no_test:
+        raise ValueError("--test cannot be combined with .npz files split by file (they carry their own test split); "
+                         "use --split-by keyid or drop --test")
     files = _select_classes(layout.files, args.classes)
     kind = sniff_kind(layout)
     classes = sorted(files)  # Python's sorted(): case-sensitive codepoint order, documented in qdraw/store.py
     # name: what the input is when source is a temporary folder (the synthetic set), so reruns compare equal
     settings = {"version": FORMAT_VERSION, "input": name or str(source), "kind": kind, "classes": classes,
                 "block_size": args.block_size, "val_every": args.val_every, "max_per_class": args.max_per_class}
+    if layout.name == "npz":  # only here, so stores prepared before the option existed still compare equal
+        settings["split_by"] = args.split_by
     _check_settings(out, settings)
     for folder in (out, out / "classes"):  # what killed runs were writing
         clean_temp_files(folder)
@@ -122,15 +164,20 @@ def prepare(args: PrepareOptions, source: Path, name: str | None = None) -> dict
     stats = {}
     with ProcessPoolExecutor(max(1, args.workers)) as pool:
         results = pool.map(work, enumerate(classes))
-        for name, st in zip(classes, tqdm(results, total=len(classes), desc=f"pack {kind}", unit="class")):
-            stats[name] = st
-    test = None if args.no_test else Path(args.test) if args.test else source.parent / f"test_{kind}.csv"
-    test_stats = _pack_test(args, out, kind, classes, test) if test and test.is_file() else None
+        for cls, st in zip(classes, tqdm(results, total=len(classes), desc=f"pack {kind}", unit="class")):
+            stats[cls] = st  # not `name`: that one says what the input is, for meta.json
+    if own_split:
+        test_stats = _gather_test(out, classes, stats)
+    else:
+        test = None if args.no_test else Path(args.test) if args.test else _default_test(source, kind)
+        test_stats = _pack_test(args, out, kind, classes, test) if test and test.is_file() else None
     meta = {"version": FORMAT_VERSION, "kind": kind, "classes": classes, "block_size": args.block_size,
             "val_every": args.val_every, "layout": layout.name, "source": name or str(source),
             "train_block_sizes": {str(i): stats[c]["train"] for i, c in enumerate(classes)},
             "val_sizes": {str(i): stats[c]["val"] for i, c in enumerate(classes)},
             "test": test_stats}
+    if own_split:
+        meta["split"] = "file"
     write_text(out / "classes.txt", "".join(c + "\n" for c in classes))
     write_text(out / "meta.json", json.dumps(meta, indent=1))  # last: its presence marks the store complete
     return {"classes": stats, "test": test_stats, "kind": kind}
@@ -139,7 +186,7 @@ def prepare(args: PrepareOptions, source: Path, name: str | None = None) -> dict
 def _pack_one(item: tuple[int, str], layout: Layout, kind: str, out: Path, args) -> dict:
     idx, name = item
     return pack_class(layout.files[name], layout.name, kind, idx, out / "classes" / f"{idx:03d}",
-                      args.block_size, args.val_every, limit=args.max_per_class)
+                      args.block_size, args.val_every, limit=args.max_per_class, split_by=args.split_by)
 
 
 def report(result: dict) -> None:
@@ -180,7 +227,7 @@ def pack_eval_input(source: Path, out: Path, classes: list[str], block_size: int
     source = Path(source)
     out.mkdir(parents=True, exist_ok=True)
     if source.is_file():
-        if source.suffix not in (".csv", ".gz") or "drawing" not in source.open(errors="replace").readline():
+        if source.suffix not in (".csv", ".gz") or "drawing" not in first_line(source):
             raise ValueError(f"{source}: not a Kaggle test CSV (key_id,countrycode,drawing)")
         kind = _kind_of(read_kaggle_test(source), source)
         stats = _pack_test(PrepareOptions(output=str(out), block_size=block_size), out, kind, classes, source,

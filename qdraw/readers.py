@@ -1,9 +1,11 @@
-"""Streamed readers for the four Quick, Draw! layouts, and layout detection.
+"""Streamed readers for the Quick, Draw! text layouts, and layout detection for every per-class format.
 
 Layouts: Kaggle ``train_simplified/<word>.csv`` and ``train_raw/<word>.csv`` (countrycode,drawing,key_id,recognized,
 timestamp,word), Kaggle ``test_simplified.csv`` / ``test_raw.csv`` (key_id,countrycode,drawing), and Google
-``<word>.ndjson`` (one JSON object a line, simplified or raw). Every reader yields one :class:`Row` per input line and
-never holds a file in memory; a row that cannot be read carries ``error`` instead of raising, so prepare_data counts it.
+``<word>.ndjson`` (one JSON object a line, simplified or raw), each plain or gzip-compressed. Every reader yields one
+:class:`Row` per input line and never holds a file in memory; a row that cannot be read carries ``error`` instead of
+raising, so prepare_data counts it. Google's binary ``<word>.bin`` and Sketch-RNN ``<word>.npz`` folders are detected
+here too; their readers are qdraw.binfmt and qdraw.sketchrnn (docs/FORMATS.md describes every format).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Iterator
 
 import orjson
 
+from .formats import first_line, scan_folder, text_lines
 from .strokes import loads_json
 
 # Kaggle rows hold whole drawings in one field; raw drawings exceed csv's default 128 KB field limit.
@@ -34,9 +37,8 @@ class Row:
 
 
 def _lines(path: Path) -> Iterator[str]:
-    # errors="replace": a non-UTF-8 byte spoils one row (bad JSON, counted), never the whole file.
-    with open(path, encoding="utf-8", errors="replace", newline="") as f:
-        yield from f
+    # errors="replace": a non-UTF-8 byte spoils one row (bad JSON, counted), never the whole file; gzip is read too.
+    return text_lines(path)
 
 
 def ndjson_row(line: str) -> Row:
@@ -129,28 +131,35 @@ def read_solution(path: Path) -> dict[int, str]:
 
 @dataclass
 class Layout:
-    """What detect_layout found: the layout name, the per-class files (class name → path) and a reader."""
+    """What detect_layout found: the layout name ("ndjson", "kaggle_train", "bin" or "npz"), the per-class files
+    (class name -> path) and, for the text layouts, a row reader."""
 
     name: str
     files: dict[str, Path]
 
+    @property
+    def kind(self) -> str | None:
+        """'simplified' for the binary and Sketch-RNN formats (they hold nothing else); None: look at the rows."""
+        return "simplified" if self.name in ("bin", "npz") else None
+
     def read(self, path: Path) -> Iterator[Row]:
+        if self.name not in ("ndjson", "kaggle_train"):
+            raise ValueError(f"{self.name} files have no row reader (qdraw.binfmt / qdraw.sketchrnn read them)")
         return read_ndjson(path) if self.name == "ndjson" else read_kaggle_train(path)
 
 
 def detect_layout(path: Path) -> Layout:
-    """Detect a per-class folder layout: Google ndjson or Kaggle train CSV. Raise ValueError if neither."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ValueError(f"{path}: no such folder (expected a folder of <word>.ndjson or <word>.csv files)")
-    nd = sorted(path.glob("*.ndjson"))
-    if nd:
-        return Layout("ndjson", {p.stem: p for p in nd})
-    csvs = sorted(path.glob("*.csv"))
-    for p in csvs:
-        with open(p, encoding="utf-8", errors="replace") as f:
-            head = f.readline().strip().split(",")
+    """Detect a per-class folder layout from its file names (qdraw.formats.scan_folder: one format per folder).
+
+    Raises:
+        ValueError: no such folder, no per-class file, mixed formats, or a CSV that is not a Kaggle train CSV.
+    """
+    fmt, files = scan_folder(Path(path))
+    if fmt != "csv":
+        return Layout(fmt, files)
+    for p in files.values():
+        head = first_line(p).strip().split(",")
         if "drawing" in head and "word" in head:
-            return Layout("kaggle_train", {q.stem: q for q in csvs})
+            return Layout("kaggle_train", files)
         raise ValueError(f"{p}: not a Kaggle train CSV (header {','.join(head)})")
-    raise ValueError(f"{path}: holds no .ndjson or .csv files")
+    raise AssertionError("scan_folder returns at least one file")

@@ -201,3 +201,29 @@ def test_class_names_and_urls(tmp_path):
         resolve_classes(" , ")
     with pytest.raises(SystemExit, match="error: invalid class name"):
         resolve_classes("cat,../etc/passwd")
+
+
+@pytest.mark.parametrize("kind,full,folder,name", [("binary", False, "binary", "cat.bin"),
+                                                   ("sketchrnn", False, "sketchrnn", "The Eiffel Tower.npz"),
+                                                   ("sketchrnn", True, "sketchrnn", "cat.full.npz")])
+def test_binary_and_sketchrnn_kinds_download_and_resume(bucket, tmp_path, kind, full, folder, name):
+    """The other kinds: Google's bucket paths (binary/<word>.bin, sketchrnn/<word>[.full].npz), resumed by Range."""
+    data = bytes(range(256)) * 40  # the bytes are served as they are; only the paths and the resume matter here
+    (bucket.root / folder).mkdir(exist_ok=True)
+    (bucket.root / folder / name).write_bytes(data)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / f"{name}.part").write_bytes(data[:1000])
+    word = name.split(".")[0]
+    _run(bucket, out, [word], "--kind", kind, *(["--full"] if full else []))
+    assert bucket.log == [(f"/{folder}/{name}", "bytes=1000-")]
+    assert (out / name).read_bytes() == data and not (out / f"{name}.part").exists()
+
+
+def test_kind_urls_and_flags(tmp_path):
+    assert (class_url(download_data.DEFAULT_BASE_URL, "binary", "smiley face")
+            == "https://storage.googleapis.com/quickdraw_dataset/full/binary/smiley%20face.bin")
+    assert (class_url(download_data.SKETCHRNN_BASE_URL, "sketchrnn", "cat", full=True)
+            == "https://storage.googleapis.com/quickdraw_dataset/sketchrnn/cat.full.npz")
+    with pytest.raises(SystemExit, match="error: --full is for --kind sketchrnn"):
+        main(get_args_parser().parse_args(["--classes", "cat", "--full", "--output", str(tmp_path)]))
