@@ -263,7 +263,7 @@ class Store:
         none. StoreError otherwise."""
         path = Path(path)
         folder = path.parent
-        in_class = folder.parent.name in ("classes", "pseudo") and folder.parent.parent == self.root
+        in_class = folder.parent.name in ("classes", "pseudo")  # a class folder, or its pseudo-labelled twin
         label_is = int(folder.name) if in_class and folder.name.isdigit() else None
         if label_is is not None and label_is >= self.num_classes:
             raise StoreError(f"{path}: class folder {folder.name} is past the store's {self.num_classes} classes")
