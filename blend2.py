@@ -1,7 +1,9 @@
 """Blend the prediction CSVs of several models into one Kaggle submission.
 
 Files are matched by key_id and class name (any row or column order), and refused when their key_ids or classes
-differ. The blend is a weighted arithmetic mean or a weighted geometric mean (computed in log space). With labels
+differ. The blend is a weighted arithmetic mean, a weighted geometric mean (computed in log space), or a
+rank-weighted vote (qdraw.vote: each input gives its r-th class a vote f(r), default 1/(r+1), first place's blend),
+which also takes Kaggle submissions (`key_id,word`, top-3 words) as inputs. With labels
 (`--labels`, Kaggle's `key_id,word` CSV, as predict.py writes it) it prints MAP@3 of every input and of the blend,
 and `--search-weights` fits the weights on those labelled (validation) predictions and prints them as a `--weights`
 string for the test run. `--submission` writes the Kaggle submission, `--preds` the blended prediction CSV (the
@@ -11,6 +13,7 @@ vocabulary of predict.py and stack.py; the older names --output, --save-probs an
     python blend2.py --search-weights --method gmean --labels runs/a/val_labels.csv \
         runs/a/val.csv.gz runs/b/val.csv.gz
     python blend2.py --submission sub.csv --method gmean --balance runs/a/test.csv.gz runs/b/test.csv.gz --weights 0.62 0.38
+    python blend2.py --submission sub.csv --method vote --rank-weight "1/(r+1)" sub_a.csv sub_b.csv runs/c/test.csv.gz
 """
 from __future__ import annotations
 
@@ -21,8 +24,10 @@ from scipy.optimize import minimize
 from scipy.special import logsumexp
 
 from qdraw.metrics import format_table, ranking_metrics
-from qdraw.predictions import (GMEAN_EPS, align, balance, blend, labels_for, read_labels, read_predictions,
-                               write_predictions, write_submission)
+from qdraw.predictions import (GMEAN_EPS, Predictions, align, balance, blend, labels_for, read_labels,
+                               read_predictions, submission_words, write_predictions, write_submission)
+from qdraw.vote import (DEFAULT_FORMULA, is_submission, rank_weights, ranks_from_probs, read_submission,
+                        submission_ranks, vote)
 
 
 def _weight(text: str) -> float:
@@ -35,10 +40,18 @@ def _weight(text: str) -> float:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Blend prediction CSVs into a Kaggle submission", add_help=True)
-    parser.add_argument("inputs", nargs="+", metavar="PREDS", help="prediction CSVs (key_id + one probability column per class; .gz ok)")
+    parser.add_argument("inputs", nargs="+", metavar="PREDS", help="prediction CSVs (key_id + one probability column "
+                        "per class; .gz ok); with --method vote also Kaggle submissions (key_id,word)")
     group = parser.add_argument_group("Blend")
-    group.add_argument("--method", default="mean", choices=["mean", "gmean"],
-                       help="weighted arithmetic mean or geometric mean of probabilities (default: mean)")
+    group.add_argument("--method", default="mean", choices=["mean", "gmean", "vote"],
+                       help="weighted arithmetic mean or geometric mean of probabilities, or rank-weighted vote "
+                            "(default: mean)")
+    group.add_argument("--rank-weight", default=DEFAULT_FORMULA, metavar="FORMULA",
+                       help="vote: weight of rank r (0 = an input's first guess), an expression in r with numbers, "
+                            "+ - * / **, log, exp, sqrt; negative values count 0 (default: 1/(r+1))")
+    group.add_argument("--vote-depth", type=int, default=5,
+                       help="vote: ranks 0..K-1 of each prediction file vote, a submission's 3 words always "
+                            "(default: 5)")
     group.add_argument("--weights", type=_weight, nargs="+", default=None,
                        help="one non-negative weight per file, normalised to sum 1; give it after the files or end it "
                             "with -- (default: equal weights)")
@@ -72,6 +85,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--search-weights and --weights exclude each other")
     if not (args.submission or args.preds or args.labels):
         parser.error("nothing to do: give --submission, --preds or --labels")
+    if args.method == "vote":
+        if args.search_weights or args.balance:
+            parser.error("--method vote takes no --search-weights or --balance (they need probabilities)")
+        try:
+            rank_weights(args.rank_weight, args.vote_depth)
+        except ValueError as e:
+            parser.error(f"--rank-weight: {e}")
     return args
 
 
@@ -114,9 +134,35 @@ def search_weights(probs: list[np.ndarray], labels: np.ndarray, method: str = "m
 def _load(paths: list[str]) -> list:
     """Read and align the prediction files; any malformed or mismatched file ends the run with one error line."""
     try:
+        for p in paths:
+            if is_submission(p):
+                raise ValueError(f"{p} is a submission (top-3 words, no probabilities): only --method vote reads it")
         return align([read_predictions(p) for p in paths], names=paths)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
+
+
+def _load_vote(paths: list[str], depth: int) -> tuple[list[Predictions], list[np.ndarray], list[np.ndarray]]:
+    """Read prediction files and submissions for a vote, aligned by key_id on one class list.
+
+    Returns the aligned inputs (rank matrices for submissions, probabilities for prediction files), the rank matrix
+    of every input and the probability matrices. Classes: those of the first prediction file, or the sorted words
+    of the submissions when all inputs are submissions.
+    """
+    try:
+        loaded = [read_submission(p) if is_submission(p) else read_predictions(p) for p in paths]
+        files = [x for x in loaded if isinstance(x, Predictions)]
+        classes = files[0].classes if files else sorted({w for x in loaded for row in x[1] for w in row})
+        lookup = {w: i for i, w in enumerate(submission_words(classes))} | {c: i for i, c in enumerate(classes)}
+        rows = [x if isinstance(x, Predictions) else
+                Predictions(x[0], submission_ranks(x[1], lookup, len(classes), path), list(classes))
+                for x, path in zip(loaded, paths)]
+        aligned = align(rows, names=paths)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    is_file = [isinstance(x, Predictions) for x in loaded]
+    ranks = [ranks_from_probs(a.probs, depth) if f else a.probs for a, f in zip(aligned, is_file)]
+    return aligned, ranks, [a.probs for a, f in zip(aligned, is_file) if f]
 
 
 def _report(args: argparse.Namespace, probs: list[np.ndarray], labels: np.ndarray, blended: np.ndarray,
@@ -132,9 +178,13 @@ def _report(args: argparse.Namespace, probs: list[np.ndarray], labels: np.ndarra
 
 
 def main(args: argparse.Namespace) -> None:
-    preds = _load(args.inputs)
+    if args.method == "vote":
+        preds, ranks, files = _load_vote(args.inputs, args.vote_depth)
+        probs = [-r for r in ranks]  # what the report ranks each input by: its own order
+    else:
+        preds = _load(args.inputs)
+        probs = [p.probs for p in preds]
     key_ids, classes = preds[0].key_ids, preds[0].classes
-    probs = [p.probs for p in preds]
     if args.submission and len(classes) < 3:
         raise SystemExit(f"error: a submission needs at least 3 classes, the files have {len(classes)}")
     labels = None
@@ -148,7 +198,10 @@ def main(args: argparse.Namespace) -> None:
         weights = search_weights(probs, labels, args.method)
         print(f"weights fitted on {len(labels)} labelled drawings (log-loss, {args.method}); add after the files:")
         print("--weights " + " ".join(f"{w:.4g}" for w in weights))
-    blended = blend(probs, weights, args.method)
+    if args.method == "vote":
+        blended = vote(ranks, weights, rank_weights(args.rank_weight, args.vote_depth), files)
+    else:
+        blended = blend(probs, weights, args.method)
     final = balance(blended) if args.balance else blended
     if labels is not None:
         _report(args, probs, labels, blended, final)

@@ -6,6 +6,10 @@ top-1, mean/max/std probability across models, how many models put it first or i
 on the drawing). A LightGBM ranker (lambdarank, one query per drawing) or binary classifier learns on labelled
 validation predictions, early-stopped on a held-out part (or k folds) where MAP@3 of the stacker is reported next to
 every single model and their mean blend; then it scores the test predictions and writes the submission.
+Besides the model features, each pair can carry the candidate's class and drawing features (qdraw.features: strokes,
+points, bounding-box aspect, raw times and pauses, recognized, countrycode) read by key_id from the stores given to
+--drawings; class and countrycode go to LightGBM as categories and absent values stay missing (NaN), both handled by
+LightGBM itself. The gain importance of every feature is printed and, with --importance, saved as a CSV.
 Give the files of each model in the same order in --val and --test. `--submission` writes the Kaggle submission,
 `--preds` the stacker's prediction CSV (the vocabulary of predict.py and blend2.py; the older names --output and
 --save-probs still work).
@@ -14,18 +18,28 @@ Give the files of each model in the same order in --val and --test. `--submissio
         --test runs/a/test.csv.gz runs/b/test.csv.gz --submission sub_stack.csv
     python stack.py --val a_val.csv.gz b_val.csv.gz c_val.csv.gz --labels val_labels.csv --test a.csv.gz b.csv.gz \
         c.csv.gz --submission sub.csv --folds 5 --top-k 5 --preds stack_test.csv.gz --model-out stack.txt
+    python stack.py --val a_val.csv.gz b_val.csv.gz --labels val_labels.csv --test a.csv.gz b.csv.gz \
+        --drawings data/s16 data/raw16 --features class,strokes,points,time --importance importance.csv
 """
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+from typing import NamedTuple
 
 import lightgbm as lgb
 import numpy as np
 
+from qdraw.atomic import write_text
+from qdraw.features import GROUPS, feature_matrix, lookup, store_features
 from qdraw.metrics import format_table, ranking_metrics, top_k
 from qdraw.predictions import (Predictions, align, blend, labels_for, read_labels, read_predictions,
                                write_predictions, write_submission)
+from qdraw.store import Store, StoreError
+
+FEATURE_CHOICES = ["class", *GROUPS]
+CATEGORICAL = ("class", "country")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -41,6 +55,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="LightGBM objective; queries are drawings (default: lambdarank)")
     group.add_argument("--entropy", action=argparse.BooleanOptionalAction, default=True,
                        help="add each model's entropy on the drawing as a feature (default: on)")
+    group.add_argument("--drawings", nargs="+", default=None, metavar="STORE",
+                       help="prepared stores whose validation and test splits hold the drawings (by key_id), for "
+                            "the drawing features; give a raw twin store too for the time features (default: none)")
+    group.add_argument("--features", default=None,
+                       help=f"comma list of extra features out of {','.join(FEATURE_CHOICES)}, or none (default: "
+                            "class and every drawing feature with --drawings, none without)")
     group = parser.add_argument_group("Optimisation")
     group.add_argument("--holdout", type=float, default=0.2,
                        help="fraction of validation drawings held out for early stopping and the report (default: 0.2)")
@@ -62,6 +82,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                             "candidates, 0 elsewhere (--save-probs is its older name; default: none)")
     group.add_argument("--model-out", default=None,
                        help="LightGBM model text file; with --folds, one file per fold (.foldI) (default: none)")
+    group.add_argument("--importance", default=None,
+                       help="CSV of each feature's gain importance, mean over boosters (default: none)")
     return parser
 
 
@@ -83,7 +105,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("need --rounds >= 1, --early-stopping >= 1, --num-leaves >= 2 and --min-data-in-leaf >= 0")
     if not args.lr > 0 or args.threads < 0:
         parser.error("need --lr > 0 and --threads >= 0")
-    for flag, path in (("--submission", args.submission), ("--preds", args.preds), ("--model-out", args.model_out)):
+    args.features = _feature_list(parser, args.features, args.drawings is not None)
+    for flag, path in (("--submission", args.submission), ("--preds", args.preds), ("--model-out", args.model_out),
+                       ("--importance", args.importance)):
         if path and not Path(path).resolve().parent.is_dir():
             parser.error(f"{flag} {path}: no such folder {Path(path).parent}")
     return args
@@ -170,8 +194,9 @@ def _dataset(rows: np.ndarray, feats: np.ndarray, target: np.ndarray, samples: n
     """LightGBM Dataset of the candidate rows of the given drawings, one query group per drawing."""
     keep = np.isin(rows, samples)
     group = np.bincount(rows[keep], minlength=rows.max() + 1)
+    cats = [n for n in names if n in CATEGORICAL] or "auto"  # LightGBM's own handling of categories
     return lgb.Dataset(feats[keep], label=target[keep], group=group[group > 0], feature_name=names,
-                       reference=reference, free_raw_data=False)
+                       categorical_feature=cats, reference=reference, free_raw_data=False)
 
 
 def train_stacker(rows: np.ndarray, feats: np.ndarray, target: np.ndarray, names: list[str], valid: np.ndarray,
@@ -217,8 +242,30 @@ def _report(title: str, paths: list[str], probs: list[np.ndarray], stacked: np.n
     print(format_table(lines, title=f"{title}; label among candidates: {recall:.4f}"))
 
 
+class Extras(NamedTuple):
+    """Features beyond the models': per-drawing columns float32 (N, E) with their names, and the candidate's class."""
+
+    drawing: np.ndarray | None = None
+    names: list[str] = []
+    with_class: bool = False
+
+
+def add_extras(rows: np.ndarray, cands: np.ndarray, feats: np.ndarray, names: list[str],
+               extras: Extras) -> tuple[np.ndarray, list[str]]:
+    """The candidate table with the drawing columns of each row's drawing and the candidate's class index appended."""
+    cols, extra_names = [feats], list(names)
+    if extras.drawing is not None and extras.names:
+        cols.append(extras.drawing[rows])
+        extra_names += extras.names
+    if extras.with_class:
+        cols.append(cands[:, None].astype(np.float32))
+        extra_names.append("class")
+    return np.concatenate(cols, 1).astype(np.float32), extra_names
+
+
 def fit_stacker(probs: list[np.ndarray], labels: np.ndarray, k: int, entropy: bool, splits: list[np.ndarray],
-                params: dict, rounds: int, patience: int) -> tuple[list[lgb.Booster], np.ndarray]:
+                params: dict, rounds: int, patience: int,
+                extras: Extras = Extras()) -> tuple[list[lgb.Booster], np.ndarray]:
     """Train one booster per split of labelled predictions, each early-stopped on its held-out drawings.
 
     Returns:
@@ -226,6 +273,7 @@ def fit_stacker(probs: list[np.ndarray], labels: np.ndarray, k: int, entropy: bo
         np.concatenate(splits), each scored by the booster that did not train on it.
     """
     rows, cands, feats, names = candidate_table(probs, k, entropy)
+    feats, names = add_extras(rows, cands, feats, names, extras)
     target = (cands == labels[rows]).astype(np.int32)
     boosters, scores = [], np.zeros(len(rows))
     for i, valid in enumerate(splits):
@@ -236,6 +284,69 @@ def fit_stacker(probs: list[np.ndarray], labels: np.ndarray, k: int, entropy: bo
         print(f"split {i + 1}/{len(splits)}: best iteration {booster.best_iteration}")
     held = np.concatenate(splits)
     return boosters, candidate_probs(rows, cands, scores, probs[0].shape)[held]
+
+
+def _feature_list(parser: argparse.ArgumentParser, text: str | None, have_drawings: bool) -> list[str]:
+    """The --features groups; drawing features need --drawings (parser.error otherwise)."""
+    if text is None:
+        # measured (docs/RESULTS.md, second stage): the class alone lost to model features only; with the drawing
+        # features it was the best stacker, within noise
+        return ["class", *GROUPS] if have_drawings else []
+    wanted = [] if text.strip() == "none" else [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in wanted if t not in FEATURE_CHOICES]
+    if unknown:
+        parser.error(f"--features: unknown {', '.join(unknown)}; choose from {','.join(FEATURE_CHOICES)} or none")
+    if not have_drawings and any(t != "class" for t in wanted):
+        parser.error("drawing features in --features need --drawings (the stores holding the drawings)")
+    return wanted
+
+
+def load_extras(args: argparse.Namespace, val_keys: np.ndarray,
+                test_keys: np.ndarray | None) -> tuple[Extras, Extras, dict]:
+    """Extras of the validation and test drawings from --drawings and --features, and what the model needs to be
+    applied again ({"features": names, "country": vocabulary}).
+
+    A feature with no value on any test drawing (Kaggle's test rows carry no `recognized`) or on any validation
+    drawing is dropped with a note: the booster would learn it on one split and meet only missing values on the other.
+    """
+    with_class = "class" in args.features
+    groups = [g for g in args.features if g != "class"]
+    if not groups:
+        return Extras(None, [], with_class), Extras(None, [], with_class), {"features": [], "country": []}
+    try:
+        table = store_features([Store(p) for p in args.drawings])
+    except StoreError as e:
+        raise SystemExit(f"error: {e}") from None
+    vocab = sorted({c for c in lookup(*table, val_keys).get("country", np.zeros(0, "S2")).tolist() if c})
+    val_cols, names = feature_matrix(val_keys, table, groups, vocab)
+    test_cols = feature_matrix(test_keys, table, groups, vocab)[0] if test_keys is not None else None
+    keep = []
+    for j, name in enumerate(names):
+        cover = [float(np.isfinite(c[:, j]).mean()) for c in (val_cols, test_cols) if c is not None]
+        print(f"feature {name}: a value for {' / '.join(f'{x:.1%}' for x in cover)} of the "
+              f"{'validation / test' if len(cover) == 2 else 'validation'} drawings")
+        if min(cover) == 0:
+            print(f"note: feature {name} dropped (no value on one split)")
+        else:
+            keep.append(j)
+    names = [names[j] for j in keep]
+    val_x = Extras(val_cols[:, keep], names, with_class)
+    test_x = Extras(test_cols[:, keep], names, with_class) if test_cols is not None else val_x
+    return val_x, test_x, {"features": names, "country": [c.decode("ascii", "replace") for c in vocab]}
+
+
+def report_importance(boosters: list[lgb.Booster], path: str | None) -> None:
+    """Print each feature's gain importance (mean over boosters, share of the total) and save it as a CSV."""
+    names = boosters[0].feature_name()
+    gain = np.mean([b.feature_importance("gain") for b in boosters], 0)
+    splits = np.mean([b.feature_importance("split") for b in boosters], 0)
+    share = gain / max(gain.sum(), 1e-300)
+    order = np.argsort(-gain, kind="stable")
+    print("feature importance (gain share, splits):")
+    print("\n".join(f"  {names[j]:<14} {share[j]:7.4f}  {splits[j]:7.1f}" for j in order))
+    if path:
+        write_text(path, "feature,gain,gain_share,splits\n" +
+                   "".join(f"{names[j]},{gain[j]:.6g},{share[j]:.6f},{splits[j]:.6g}\n" for j in order))
 
 
 def main(args: argparse.Namespace) -> None:
@@ -251,26 +362,32 @@ def main(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: {len(labels)} labelled drawings cannot be split for training and "
                          f"{f'{args.folds} folds' if args.folds else 'a holdout'}")
     splits = make_splits(len(labels), args.holdout, args.folds, args.seed)
+    val_x, test_x, spec = load_extras(args, val[0].key_ids, test[0].key_ids if test else None)
     try:
         boosters, stacked = fit_stacker(probs, labels, args.top_k, args.entropy, splits, lgb_params(args),
-                                        args.rounds, args.early_stopping)
+                                        args.rounds, args.early_stopping, val_x)
     except lgb.basic.LightGBMError as e:  # e.g. a held-out part too small for the chosen leaves
         raise SystemExit(f"error: LightGBM: {e}") from None
     held = np.concatenate(splits)
     title = f"{'out-of-fold' if args.folds else 'held-out'} MAP@3 on {len(held)} of {len(labels)} drawings"
     _report(title, args.val, [p[held] for p in probs], stacked, labels[held], args.top_k)
+    report_importance(boosters, args.importance)
     if args.model_out:
         path = Path(args.model_out)
         for i, booster in enumerate(boosters):
             booster.save_model(str(path.with_name(f"{path.stem}.fold{i}{path.suffix}") if args.folds else path))
+        # the country codes the boosters were trained with, to apply them again outside this run
+        write_text(path.with_name(path.name + ".features.json"), json.dumps(spec | {"args": args.features}))
     if test:
-        _write_test(args, test, boosters)
+        _write_test(args, test, boosters, test_x)
 
 
-def _write_test(args: argparse.Namespace, test: list[Predictions], boosters: list[lgb.Booster]) -> None:
+def _write_test(args: argparse.Namespace, test: list[Predictions], boosters: list[lgb.Booster],
+                extras: Extras = Extras()) -> None:
     """Score test candidates with the mean raw score of the boosters and write the submission / probabilities."""
     probs = [p.probs for p in test]
-    rows, cands, feats, _ = candidate_table(probs, args.top_k, args.entropy)
+    rows, cands, feats, names = candidate_table(probs, args.top_k, args.entropy)
+    feats, _ = add_extras(rows, cands, feats, names, extras)
     scores = np.mean([b.predict(feats, num_iteration=b.best_iteration, raw_score=True) for b in boosters], 0)
     stacked = candidate_probs(rows, cands, scores, probs[0].shape)
     key_ids, classes = test[0].key_ids, test[0].classes

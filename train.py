@@ -60,6 +60,9 @@ def _add_data_args(g: argparse._ArgumentGroup) -> None:
                    help="balanced: --samples-per-class drawings of every class per epoch; natural: each class its "
                    "largest block (a small store's whole class: every drawing once, classes at their natural "
                    "frequencies; the block size, so balanced again, on the full set) (default balanced)")
+    g.add_argument("--pseudo-share", type=float, default=0.0,
+                   help="share of each epoch's drawings taken from the store's pseudo-labelled test drawings "
+                   "(pseudo_label.py, STORE/pseudo), in [0, 1); never in validation (default 0 = none)")
     g.add_argument("--val-per-class", type=int, default=None,
                    help="validation drawings per class, at most (default: all)")
     g.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=True,
@@ -152,6 +155,8 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{key.replace('_', '-')} must be > 0, got {value}")
     if args.workers < 0 or args.lr <= 0 or not 0 <= args.label_smoothing < 1:
         raise ValueError("need --workers >= 0, --lr > 0 and 0 <= --label-smoothing < 1")
+    if not 0 <= args.pseudo_share < 1:
+        raise ValueError(f"--pseudo-share must be in [0, 1), got {args.pseudo_share}")
     if not 0 <= args.ema_decay < 1 or args.keep_checkpoints < 0 or args.min_steps_per_epoch < 0:
         raise ValueError("need 0 <= --ema-decay < 1, --keep-checkpoints >= 0 and --min-steps-per-epoch >= 0")
 

@@ -10,6 +10,11 @@ fixed. The choice is a pure function of (seed, epoch), so resuming at epoch k re
 and in any worker. The horizontal-flip augmentation is a hash of (seed, epoch, index), so it does not depend on worker
 count or batch composition either.
 
+Pseudo-labels (``pseudo_share`` > 0): the store's pseudo-labelled drawings (qdraw.pseudo, ``STORE/pseudo/``) join
+each epoch as extra sources after the classes, one pseudo block per class that has some, so that they make up
+``pseudo_share`` of the epoch's items; the count is spread over classes in proportion to their pseudo-labelled
+drawings. The classes' own plan is unchanged by them (each source draws from its own seeded stream).
+
 Evaluation (:class:`SplitDataset`): the fixed validation split (class by class, optionally the first N of each class)
 or the test split (labels -1 when unlabelled), in store order, optionally all flipped (test-time augmentation).
 
@@ -157,7 +162,7 @@ class BalancedBlockDataset(_RasterDataset):
 
     def __init__(self, store: Store | str | Path, encoding: str, image_size: int = 128, line_width: int | None = None,
                  samples_per_class: int | None = None, seed: int = 0, hflip: bool = True,
-                 class_sampling: str = "balanced"):
+                 class_sampling: str = "balanced", pseudo_share: float = 0.0):
         super().__init__(store, encoding, image_size, line_width)
         sizes = self.store.block_sizes()
         self.block_sizes = [list(sizes.get(c, [])) for c in range(self.store.num_classes)]
@@ -175,7 +180,16 @@ class BalancedBlockDataset(_RasterDataset):
         self.class_sampling = class_sampling
         self.counts = (np.array([max(s) for s in self.block_sizes], np.int64) if class_sampling == "natural"
                        else np.full(len(self.block_sizes), self.samples_per_class, np.int64))
+        # Sources 0..K-1 are the classes' training blocks; K.. the pseudo-labelled blocks of source_labels[K:].
+        self.num_sources = self.store.num_classes
+        self.source_labels = np.arange(self.store.num_classes, dtype=np.int64)
+        if pseudo_share:
+            sizes, counts, labels = pseudo_sources(self.store, pseudo_share, int(self.counts.sum()))
+            self.block_sizes += sizes
+            self.counts = np.r_[self.counts, counts]
+            self.source_labels = np.r_[self.source_labels, labels]
         self.class_offsets = np.r_[0, np.cumsum(self.counts)]
+        self.pseudo_items = int(self.class_offsets[-1] - self.class_offsets[self.num_sources])
         # One shared-memory number: set_epoch in the main process is seen by persistent DataLoader workers.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._plan: tuple[int, np.ndarray, np.ndarray] | None = None
@@ -208,7 +222,8 @@ class BalancedBlockDataset(_RasterDataset):
         chosen, _ = self.plan(epoch)
         blocks = []
         for c, b in enumerate(chosen):
-            files = self.store.train_blocks(c)
+            files = (self.store.train_blocks(c) if c < self.num_sources
+                     else self.store.pseudo_blocks(int(self.source_labels[c])))
             block = self.store.read_block(files[b]) if len(files) == len(self.block_sizes[c]) else None
             if block is None or len(block) != self.block_sizes[c][b]:
                 raise StoreError(f"{self.store.class_dir(c)}: training blocks differ from meta.json; "
@@ -226,7 +241,40 @@ class BalancedBlockDataset(_RasterDataset):
         cls = np.searchsorted(self.class_offsets, idx, side="right") - 1
         flip = flip_bits(self.seed, epoch, idx) if self.hflip else None
         images = self._render(sources, cls, picks[cls, idx - self.class_offsets[cls]], flip, out)
-        return images, torch.from_numpy(cls)
+        return images, torch.from_numpy(self.source_labels[cls])
+
+    def is_pseudo(self, indices: list[int]) -> np.ndarray:
+        """Bool array: which items are pseudo-labelled drawings (the source mark, kept through training)."""
+        return self._check_indices(indices) >= self.class_offsets[self.num_sources]
+
+    def item_keys(self, indices: list[int], epoch: int | None = None) -> np.ndarray:
+        """key_ids int64 of the drawings behind the given items of an epoch (default: the current one)."""
+        idx = self._check_indices(indices)
+        epoch = self.epoch if epoch is None else epoch
+        _, picks = self.plan(epoch)
+        blocks = self.epoch_blocks(epoch)
+        cls = np.searchsorted(self.class_offsets, idx, side="right") - 1
+        local = picks[cls, idx - self.class_offsets[cls]]
+        return np.array([blocks[c].key_id[i] for c, i in zip(cls.tolist(), local.tolist())], np.int64)
+
+
+def pseudo_sources(store: Store, share: float, train_items: int) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
+    """Block sizes, per-epoch counts and labels of the pseudo-labelled sources that make up `share` of an epoch
+    holding train_items training drawings (module docstring); ValueError when the store has none."""
+    if not 0 < share < 1:
+        raise ValueError(f"pseudo_share must be in [0, 1), got {share}")
+    sizes = store.pseudo_block_sizes()
+    if not sizes:
+        raise ValueError(f"{store.root}: no pseudo-labelled drawings (STORE/pseudo); run pseudo_label.py first")
+    labels = np.array(sorted(sizes), np.int64)
+    have = np.array([sum(sizes[c]) for c in labels], np.float64)
+    total = max(1, round(share / (1 - share) * train_items))
+    # largest remainders: the counts sum to total exactly, so the share is what was asked for
+    quota = total * have / have.sum()
+    counts = np.floor(quota).astype(np.int64)
+    counts[np.argsort(-(quota - counts), kind="stable")[:total - int(counts.sum())]] += 1
+    used = counts > 0  # a class whose quota rounds to nothing this epoch gives no source
+    return [list(sizes[c]) for c in labels[used]], counts[used], labels[used]
 
 
 def _first_per_label(labels: np.ndarray, n: int) -> np.ndarray:

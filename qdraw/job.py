@@ -98,7 +98,11 @@ def _data(args: argparse.Namespace, info: DistInfo, workers: int) -> tuple[Store
     store = Store(args.data or SYNTHETIC_DIR)
     train_set = qdata.BalancedBlockDataset(store, args.encoding, image_size=args.image_size,
                                            line_width=args.line_width, samples_per_class=args.samples_per_class,
-                                           seed=args.seed, hflip=args.hflip, class_sampling=args.class_sampling)
+                                           seed=args.seed, hflip=args.hflip, class_sampling=args.class_sampling,
+                                           pseudo_share=args.pseudo_share)
+    if train_set.pseudo_items and info.is_main:
+        log.info("%d pseudo-labelled drawings an epoch (--pseudo-share %g) from %s/pseudo (%s)", train_set.pseudo_items,
+                 args.pseudo_share, store.root, (store.pseudo_meta() or {}).get("source"))
     batch = fit_batch(args.batch_size, len(train_set) // info.world_size, args.min_steps_per_epoch, args.accum_steps)
     if batch != args.batch_size and info.is_main:
         log.info("batch %d -> %d: an epoch of %d drawings gives at least %d steps (--min-steps-per-epoch)",

@@ -10,6 +10,10 @@ arrays. A store directory holds::
     classes/<idx:03d>/val_<b:04d>.qdb     that class's validation drawings (1 in val_every, chosen by key_id)
     classes/<idx:03d>/stats.json         rows read, kept and skipped per reason
     test/block_<b:04d>.qdb         the test set, when one was packed (labels -1 unless a solution file was found)
+    pseudo/meta.json               pseudo-labelled drawings (pseudo_label.py), a separate, marked source: where
+    pseudo/<idx:03d>/block_<b:04d>.qdb   they came from, how they were chosen, drawings per block; class idx's
+                                   blocks hold drawings labelled idx by a model. prepare_data.py never touches
+                                   pseudo/, and only train.py --pseudo-share reads it (never the validation split)
 
 A ``.qdb`` block is one file: an 8-byte magic, a little-endian uint64 header length, a JSON header naming each array's
 dtype, shape and byte offset, then the arrays, each 64-byte aligned so :func:`read_block` can memory-map them:
@@ -259,7 +263,8 @@ class Store:
         none. StoreError otherwise."""
         path = Path(path)
         folder = path.parent
-        label_is = int(folder.name) if folder.parent.name == "classes" and folder.name.isdigit() else None
+        in_class = folder.parent.name in ("classes", "pseudo")  # a class folder, or its pseudo-labelled twin
+        label_is = int(folder.name) if in_class and folder.name.isdigit() else None
         if label_is is not None and label_is >= self.num_classes:
             raise StoreError(f"{path}: class folder {folder.name} is past the store's {self.num_classes} classes")
         block = read_block(path, label_is=label_is, num_classes=self.num_classes, verify=verify)
@@ -287,6 +292,20 @@ class Store:
                 if kind == "train" and got != sizes.get(c, []) and None not in got:
                     problems.append(f"{self.class_dir(c)}: training blocks hold {got} drawings, meta.json says "
                                     f"{sizes.get(c, [])}")
+        pseudo = self.pseudo_block_sizes()
+        for c in range(self.num_classes):
+            paths = self.pseudo_blocks(c)
+            got = []
+            for path in paths:
+                try:
+                    got.append(len(self.read_block(path)))
+                except StoreError as exc:
+                    problems.append(str(exc))
+                    got.append(None)
+            if got != pseudo.get(c, []) and None not in got:
+                problems.append(f"{self.root / 'pseudo'}: class {c} blocks hold {got} drawings, pseudo/meta.json "
+                                f"says {pseudo.get(c, [])}")
+            n += len(paths)
         for path in self.test_blocks():
             n += 1
             try:
@@ -294,6 +313,32 @@ class Store:
             except StoreError as exc:
                 problems.append(str(exc))
         return n, problems
+
+    def pseudo_blocks(self, c: int) -> list[Path]:
+        """Pseudo-labelled block files of class c (pseudo_label.py), in order; none in most stores."""
+        return sorted((self.root / "pseudo" / f"{c:03d}").glob("block_*.qdb"))
+
+    def pseudo_meta(self) -> dict | None:
+        """pseudo/meta.json (source, selection, block sizes), or None when the store has no pseudo-labels."""
+        path = self.root / "pseudo" / "meta.json"
+        if not path.is_file():
+            return None
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{path}: unreadable ({exc})") from None
+        sizes = meta.get("block_sizes") if isinstance(meta, dict) else None
+        if not isinstance(sizes, dict) or not all(
+                isinstance(k, str) and k.isdigit() and int(k) < self.num_classes and isinstance(v, list)
+                and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in v)
+                for k, v in sizes.items()):
+            raise StoreError(f"{path}: 'block_sizes' must map class indices to lists of positive counts")
+        return meta
+
+    def pseudo_block_sizes(self) -> dict[int, list[int]]:
+        """Drawings per pseudo-labelled block for each class that has some (empty without pseudo-labels)."""
+        meta = self.pseudo_meta()
+        return {} if meta is None else {int(c): sizes for c, sizes in meta["block_sizes"].items()}
 
     def block_sizes(self) -> dict[int, list[int]]:
         """Drawings per training block for each class, from meta.json (no block is opened)."""
