@@ -112,6 +112,11 @@ def _build(src: Path, dst: Path, files: int, copies: int) -> int:
         if suffix == ".csv":
             header, lines = lines[0], lines[1:]
         rows.extend(ln if ln.endswith(b"\n") else ln + b"\n" for ln in lines if ln.strip())
+    return _spread(rows, dst, files, copies, suffix, header)
+
+
+def _spread(rows: list[bytes], dst: Path, files: int, copies: int, suffix: str, header: bytes = b"") -> int:
+    """Write rows `copies` times over, round-robin, into `files` class files (each opened with header); the count."""
     outs = [open(dst / f"class{i:02d}{suffix}", "wb") for i in range(files)]
     for f in outs:
         f.write(header)
@@ -158,17 +163,8 @@ def _encode(r: dict, fmt: str) -> bytes:
 def _build_as(records: list[dict], dst: Path, files: int, copies: int, fmt: str) -> int:
     """Write records `copies` times over into `files` class files of format fmt; return the row count."""
     dst.mkdir(parents=True)
-    rows = [_encode(r, fmt) for r in records]
-    outs = [open(dst / f"class{i:02d}.{fmt}", "wb") for i in range(files)]
-    for f in outs:
-        if fmt == "csv":
-            f.write(b"countrycode,drawing,key_id,recognized,timestamp,word\n")
-    for c in range(copies):
-        for i, row in enumerate(rows):
-            outs[(i + c) % files].write(row)
-    for f in outs:
-        f.close()
-    return len(rows) * copies
+    header = b"countrycode,drawing,key_id,recognized,timestamp,word\n" if fmt == "csv" else b""
+    return _spread([_encode(r, fmt) for r in records], dst, files, copies, f".{fmt}", header)
 
 
 def _measure(code: str, *argv: str) -> dict:
