@@ -134,7 +134,7 @@ def measure(checkpoint: str, raw: Path, simplified: Path, classes: set[str] | No
         twin = predict_twins(checkpoint, chosen, Path(tmp))
     served, errors = serve_raw(checkpoint, chosen, concurrency)
     same = [k for k in chosen if k in served and twin.get(k) == served[k]]
-    return {"pairs": len(chosen), "agree": len(same), "errors": errors,
+    return {"pairs": len(chosen), "agree": len(same), "errors": errors, "distinct": len(set(served.values())),
             "disagree": sorted(k for k in chosen if k not in same and k not in errors)}
 
 
@@ -143,7 +143,8 @@ def main(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     r = measure(args.checkpoint, Path(args.raw), Path(args.simplified), classes, args.limit, args.concurrency)
     print(f"{r['agree']} of {r['pairs']} pairs agree on top-1 ({100 * r['agree'] / r['pairs']:.2f} %); "
-          f"{len(r['errors'])} requests refused; {time.perf_counter() - t0:.0f} s")
+          f"{len(r['errors'])} requests refused; {r['distinct']} distinct top-1 words; "
+          f"{time.perf_counter() - t0:.0f} s")
     if r["disagree"]:
         print("disagreeing key_ids:", " ".join(map(str, r["disagree"][:50])))
     for key, err in list(r["errors"].items())[:10]:
