@@ -23,12 +23,13 @@ from qdraw.inference import WEIGHTS
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="best.pth or last.pth written by train.py")
     p.add_argument("--output", required=True, help="the .onnx file to write")
     p.add_argument("--weights", choices=WEIGHTS, default="auto",
-                   help="the checkpoint's EMA weights, its raw weights, or auto: EMA when the run kept one (default auto)")
+                   help="the checkpoint's EMA weights, its raw weights, or auto: EMA when the run kept one "
+                   "(default auto)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset version (default 17)")
     return p
 

@@ -108,6 +108,9 @@ def onnx_classifier(path: str | Path, weights: str = "auto", threads: int | None
     if not path.is_file():
         raise CheckpointError(f"{path}: no such ONNX model")
     opts = ort.SessionOptions()
+    # No spin-waiting between ops: on a shared machine spinning threads burn cores that other jobs need, and a
+    # server's requests arrive far apart compared with the microseconds spinning saves.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = threads
     try:
