@@ -6,6 +6,7 @@ benchmarks/, one module per command, each timing the real code paths.
     python bench.py models --size 128
     python bench.py train --model resnet34 --size 128
     python bench.py store --data data/kaggle_simplified
+    python bench.py serve --model resnet34 --size 128
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ COMMANDS = {
     "models": "benchmarks.bench_models",
     "train": "benchmarks.bench_train",
     "store": "benchmarks.bench_store",
+    "serve": "benchmarks.bench_serve",
 }
 
 

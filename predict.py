@@ -1,14 +1,17 @@
 """Predict with one trained model: a prediction CSV (key_id + one probability column per class name), a Kaggle
 submission (top-3 words), and MAP@3 / top-1 / top-3 when the input has labels.
 
-The model is rebuilt from the checkpoint alone. Input: a Kaggle test CSV (simplified or raw, matching the
-checkpoint's encoding), a prepared store (its test split, or --split val), or a per-class folder in any format
-prepare_data.py reads (<word>.ndjson, .csv, .bin, .npz with all its splits, or their .gz; docs/FORMATS.md).
+The model is rebuilt from the checkpoint alone, or, for a model exported by export.py (``--checkpoint model.onnx``),
+run by onnxruntime with no torch model built: same inputs, flags and outputs, the probabilities within 1e-4 of the
+checkpoint's. Input: a Kaggle test CSV (simplified or raw, matching the checkpoint's encoding), a prepared store (its
+test split, or --split val), or a per-class folder in any format prepare_data.py reads (<word>.ndjson, .csv, .bin,
+.npz with all its splits, or their .gz; docs/FORMATS.md).
 
     python predict.py --checkpoint runs/demo/best.pth --input data/synthetic --split val --preds preds_val.csv \\
         --labels val_labels.csv
     python predict.py --checkpoint runs/r34/best.pth --input ../shared/data/quickdraw/kaggle/test_simplified.csv \\
         --preds preds.csv.gz --submission sub.csv --tta --balance
+    python predict.py --checkpoint model.onnx --input data/synthetic --split val --preds preds_val.csv
 
 Second-stage vocabulary (shared with blend2.py and stack.py): --preds is the prediction CSV a script writes,
 --submission the Kaggle submission it writes, --labels the key_id,word labels file (written here, read there).
@@ -27,11 +30,12 @@ import torch
 import data_loader_rgb  # noqa: F401  (registers the grey and rgb encodings)
 import data_loader_time  # noqa: F401  (registers the time encoding)
 import models  # noqa: F401  (registers the architectures a checkpoint names)
-from qdraw.checkpoint import CheckpointError, check_compatible, raster_spec
+from qdraw.checkpoint import CheckpointError
+from qdraw.classifier import check_fits, load_classifier
 from qdraw.dataset import SplitDataset
 from qdraw.distributed import pick_device
 from qdraw.encoding import check_time
-from qdraw.inference import WEIGHTS, load_model, open_input, predict_probs, select_weights
+from qdraw.inference import WEIGHTS, open_input, predict_probs
 from qdraw.metrics import format_table, ranking_metrics
 from qdraw.predictions import balance, write_labels, write_predictions, write_submission
 from qdraw.store import StoreError
@@ -40,7 +44,8 @@ from qdraw.store import StoreError
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 2)[2])
-    p.add_argument("--checkpoint", required=True, help="best.pth or last.pth written by train.py")
+    p.add_argument("--checkpoint", required=True,
+                   help="best.pth or last.pth written by train.py, or a model.onnx written by export.py")
     p.add_argument("--input", required=True, help="Kaggle test CSV, prepared store folder, or per-class folder "
                    "(.ndjson/.csv/.bin/.npz, .gz too)")
     p.add_argument("--split", choices=["val", "test"], default=None,
@@ -62,7 +67,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
     p.add_argument("--workers", type=int, default=2, help="loader threads drawing batches (default 2)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off", help="autocast on CUDA (default off)")
+    p.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off",
+                   help="autocast on CUDA (default off; an .onnx model runs on the CPU in float32)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -81,26 +87,26 @@ def main(args: argparse.Namespace) -> None:
         _check_outputs(args)
         device = pick_device(args.device)
         amp = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp] if device.type == "cuda" else None
-        model, ckpt = load_model(args.checkpoint, device, args.weights)
-        classes = list(ckpt["classes"])
+        clf = load_classifier(args.checkpoint, device, args.weights, amp)
+        classes = clf.classes
         with ExitStack() as stack:
             store, split = open_input(args.input, classes, args.split, stack)
-            check_compatible(ckpt, classes=store.classes)
-            spec = raster_spec(ckpt)
+            check_fits(clf, store.classes)
+            spec = clf.spec
             check_time(spec.encoding, store.has_time, args.input)
             ds = SplitDataset(store, split, spec.encoding, image_size=spec.image_size, line_width=spec.line_width)
             if not (args.preds or args.submission or args.labels):  # said before the long part
                 print("note: no --preds or --submission given; only metrics are printed", file=sys.stderr)
-            probs, rate = predict_probs(model, ds, device, args.batch_size, args.workers, tta=args.tta, amp_dtype=amp,
-                                  progress=not args.quiet)
+            probs, rate = predict_probs(clf, ds, args.batch_size, args.workers, tta=args.tta, progress=not args.quiet)
     except (CheckpointError, StoreError, ValueError, OSError) as exc:
         raise SystemExit(f"error: {exc}") from None
-    print(f"{len(ds)} drawings, {rate:.0f} drawings/s on {device}" + (" (each drawn twice for TTA)" if args.tta else ""))
+    where = device if clf.backend == "torch" else "cpu (onnxruntime)"
+    print(f"{len(ds)} drawings, {rate:.0f} drawings/s on {where}" + (" (each drawn twice for TTA)" if args.tta else ""))
     if args.balance:
         probs = balance(probs)
     labelled = ds.labels >= 0
     if labelled.any():
-        rows = [(f"{Path(args.checkpoint).name} ({select_weights(ckpt, args.weights)[0]}){' + TTA' if args.tta else ''}",
+        rows = [(f"{Path(args.checkpoint).name} ({clf.weights}){' + TTA' if args.tta else ''}",
                  ranking_metrics(probs[labelled], ds.labels[labelled]))]
         print(format_table(rows, title=f"{int(labelled.sum())} labelled drawings"))
     try:  # each file is written to a temporary name and renamed: a failure or a kill leaves no partial file

@@ -85,6 +85,32 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
+def append_line(path: str | os.PathLike, line: bytes) -> None:
+    """Append one newline-terminated record to path (created if absent) and fsync it before returning.
+
+    For logs that grow a record at a time (serve.py --collect): the record goes out in one ``O_APPEND`` write, so
+    concurrent appenders never interleave inside a line, and it is on disk when this returns. A kill during the write
+    can leave at most one partial last line, which the readers skip and count as bad JSON; the lines before it are
+    untouched (a rename-based rewrite would cost the whole file per record).
+    """
+    if not line.endswith(b"\n") or b"\n" in line[:-1]:
+        raise ValueError("append_line takes exactly one line ending in a newline")
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{path.parent}: no such folder for {path.name}")
+    created = not path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(line)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if created:
+        fsync_dir(path.parent)
+
+
 def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     """Make a finished file (a completed download's ``.part``, say) durable, then rename it over path."""
     fd = os.open(tmp, os.O_RDONLY)

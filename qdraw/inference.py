@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from tqdm import tqdm
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .dataset import SplitDataset
-from .loader import create_loader, to_model_input
+from .loader import create_loader
 from .prepare import pack_eval_input
 from .store import Store
 from .zoo import create_model
@@ -93,24 +94,22 @@ def open_input(source: str | Path, classes: list[str], split: str | None, stack:
 
 
 @torch.no_grad()
-def predict_probs(model: torch.nn.Module, ds: SplitDataset, device: torch.device, batch_size: int, workers: int,
-                  tta: bool = False, amp_dtype: torch.dtype | None = None,
-                  progress: bool = True) -> tuple[np.ndarray, float]:
+def predict_probs(classify: Callable[[torch.Tensor], np.ndarray], ds: SplitDataset, batch_size: int, workers: int,
+                  tta: bool = False, progress: bool = True) -> tuple[np.ndarray, float]:
     """Softmax probabilities float32 (N, C) in dataset order (with tta, the mean with the mirrored drawings), and the
-    throughput in drawings per second, all views included."""
+    throughput in drawings per second, all views included.
+
+    classify maps a uint8 (B, C, S, S) batch to float32 (B, C) probabilities: a qdraw.classifier.Classifier (torch
+    checkpoint or ONNX file), so both run on the very batches the loader draws.
+    """
     views = [False, True] if tta else [False]
     total = np.zeros((len(ds), ds.store.num_classes), np.float64)
     t0 = time.perf_counter()
     for flip in views:
         ds.flip = flip
         loader = create_loader(ds, batch_size, is_training=False, num_workers=workers)
-        out = []
-        for x, _ in tqdm(loader, desc="predict" + (" (flipped)" if flip else ""), disable=not progress,
-                         unit="batch"):
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(to_model_input(x, device))
-            out.append(torch.softmax(logits.float(), 1).cpu().numpy())
+        out = [classify(x) for x, _ in tqdm(loader, desc="predict" + (" (flipped)" if flip else ""),
+                                            disable=not progress, unit="batch")]
         total += np.concatenate(out) if out else 0.0
     ds.flip = False
     return (total / len(views)).astype(np.float32), len(ds) / max(time.perf_counter() - t0, 1e-9)
-
