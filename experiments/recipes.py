@@ -74,7 +74,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=str(REPO.parent / "shared/data/quickdraw"), help="the real drawings")
     p.add_argument("--work", default="runs/recipes", help="stores, runs and predictions (default runs/recipes)")
     p.add_argument("--seeds", default="0,1", help="comma list of seeds (default 0,1)")
-    p.add_argument("--only", default=None, help="variants (ablation) or configs (configs) to run, comma list (default all)")
+    p.add_argument("--only", default=None, help="variants (ablation) or configs (configs: name or name-eN) to run, comma list (default all)")
     p.add_argument("--epochs", type=int, default=8, help="ablation: epochs of the base run (default 8; the "
                    "fitted cosine period follows)")
     p.add_argument("--plain-epochs", type=int, default=4, help="compare: epochs of the plain reference (default 4: "
@@ -235,7 +235,7 @@ def configs(lab: Lab, only: set[str] | None) -> str:
     runs = [("resnet34", 8)] + [(p.stem, 4) for p in sorted((REPO / "configs").glob("*.yaml"))
                                 if p.stem not in ("demo", "cpu_16class", "cpu_345class")]
     if only:
-        runs = [r for r in runs if r[0] in only]
+        runs = [r for r in runs if r[0] in only or f"{r[0]}-e{r[1]}" in only]  # e.g. resnet34 or resnet34-e8
     for name, epochs in runs:
         run, train_s = lab.train(f"config-{name}-e{epochs}", ["--config", str(REPO / "configs" / f"{name}.yaml"),
                                                               "--epochs", str(epochs), "--image-size", "64",
