@@ -28,3 +28,28 @@ def run_train(argv: list[str]) -> None:
     from qdraw.config import parse_args
 
     train.main(parse_args(train.get_args_parser(), argv))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_server(url: str, alive=lambda: True, tries: int = 3000) -> None:
+    """Poll GET url until the server answers (0.1 s apart), failing early when alive() turns false."""
+    import time
+
+    import httpx
+
+    for _ in range(tries):
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            assert alive(), f"the server behind {url} died"
+            time.sleep(0.1)
+    raise AssertionError(f"no answer from {url}")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import pytest
 import torch
 
 import models
-from common import ROOT, SIX_CLASSES
+from common import ROOT, SIX_CLASSES, free_port, wait_for_server
 from qdraw.checkpoint import CHECKPOINT_VERSION, save_checkpoint
 from qdraw.classifier import load_classifier
 from qdraw.dataset import SplitDataset
@@ -209,27 +208,16 @@ def test_collect_appends_google_raw_lines(ckpts, tmp_path):
         assert res.status_code == 404 and "--collect" in res.json()["error"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_serve_cli_on_a_real_socket(ckpts):
     """serve.py itself under uvicorn: bound to 127.0.0.1, answers, refuses a bad body, still answers; bad flags
     and a bad checkpoint are one error line."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), "--checkpoint", str(ckpts["rgb"]), "--port",
                              str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        for _ in range(3000):
-            try:
-                httpx.get(url + "/api/info", timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        wait_for_server(url + "/api/info", lambda: proc.poll() is None)
         assert httpx.post(url + "/api/guess", content=b"{bad", timeout=10).status_code == 400
         res = httpx.post(url + "/api/guess", json={"drawing": RAW}, timeout=10)
         assert res.status_code == 200 and len(res.json()["guesses"]) == 3

@@ -10,17 +10,15 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 import uvicorn
 
 import models
-from common import SIX_CLASSES
+from common import SIX_CLASSES, free_port, wait_for_server
 from qdraw.checkpoint import CHECKPOINT_VERSION, save_checkpoint
 from qdraw.classifier import load_classifier
 from qdraw.serving import create_app
@@ -30,12 +28,6 @@ webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not in
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not (Path(CHROMIUM).exists() and DRIVER),
     reason="no chromium/chromedriver: apt-get install chromium chromium-driver (.ci/run does)")]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -50,18 +42,12 @@ def server(tmp_path_factory):
                          "num_classes": len(classes), "encoding": "rgb", "image_size": 64, "config": {},
                          "model": model.state_dict(), "epoch": 0}, ckpt)
     # serve.py's app under uvicorn in a thread of this process (test_serve_api.py runs serve.py itself)
-    server = uvicorn.Server(uvicorn.Config(create_app(load_classifier(ckpt)), host="127.0.0.1", port=_free_port(),
+    server = uvicorn.Server(uvicorn.Config(create_app(load_classifier(ckpt)), host="127.0.0.1", port=free_port(),
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{server.config.port}/"
-    for _ in range(3000):
-        try:
-            httpx.get(url + "api/info", timeout=1)
-            break
-        except httpx.TransportError:
-            assert thread.is_alive(), "the server thread died"
-            time.sleep(0.1)
+    wait_for_server(url + "api/info", thread.is_alive)
     yield url
     server.should_exit = True
     thread.join(timeout=60)
