@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numba import vectorize
 
 from .atomic import atomic_write
 from .validate import FIELDS, StoreError, check_block, check_checksums, check_header
@@ -48,14 +49,20 @@ MAGIC = b"QDBLOCK1"
 _ALIGN = 64
 
 
+@vectorize(["uint64(uint64)"], cache=True, nopython=True)
+def splitmix64(z):
+    """splitmix64's finaliser (wrapping uint64 arithmetic) as a numpy ufunc that compiled code calls too (the
+    loaders' flips are hashed inside their index kernel, qdraw.dataset); :func:`mix64` is the array entry point."""
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
 def mix64(z: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser on uint64 arrays (wrapping arithmetic): the fixed hash behind the validation split and
-    the loaders' flips, so both are pure functions of their inputs."""
-    with np.errstate(over="ignore"):
-        z = np.asarray(z, np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
+    """splitmix64's finaliser on uint64 arrays: the fixed hash behind the validation split and the loaders' flips,
+    so both are pure functions of their inputs."""
+    return splitmix64(np.asarray(z, np.uint64))
 
 
 @dataclass

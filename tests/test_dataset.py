@@ -113,8 +113,9 @@ def test_items_match_direct_rasterisation(store):
     copy = pickle.loads(pickle.dumps(ds))  # what a spawned worker gets: no maps, no plan, same items
     assert copy._sources is None and copy._plan is None and torch.equal(copy.__getitems__([3, 17])[0], x[[3, 17]])
     assert flip_bits(2, 1, np.arange(18)).any() and not flip_bits(2, 1, np.arange(18)).all()
-    with pytest.raises(IndexError):
-        ds.__getitems__([18])
+    for bad in ([18], [0, -1], [3, 2**40]):
+        with pytest.raises(IndexError, match="index out of range for a dataset of 18"):
+            ds.__getitems__(bad)
 
 
 def test_two_workers_one_block_per_class(store):

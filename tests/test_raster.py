@@ -212,5 +212,6 @@ def test_sources_gather_equals_select():
     want = concat_blocks([blocks[s].select([i]) for s, i in zip(src, idx)])
     assert (xy == want.xy).all() and (t == want.t).all()
     assert (strokes == want.strokes).all() and (drawings == want.drawings).all()
-    with pytest.raises(IndexError):
-        Sources(blocks).gather(np.array([0]), np.array([3]))
+    for bad_src, bad_idx in ((0, 3), (1, 5), (0, -1), (2, 0), (-1, 0)):  # past a block, before it, no such block
+        with pytest.raises(IndexError, match="drawing index out of range"):
+            Sources(blocks).gather(np.array([1, bad_src]), np.array([0, bad_idx]))

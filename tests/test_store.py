@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from qdraw.store import FORMAT_VERSION, Store, StoreError, concat_blocks, make_block, read_block, write_block
+from qdraw.store import FORMAT_VERSION, Store, StoreError, concat_blocks, make_block, mix64, read_block, write_block
 
 
 def _block(raw: bool = False):
@@ -80,3 +80,12 @@ def test_verify_cli_reports_damage(tmp_path, raw_store, capsys):
         prepare_data.main(prepare_data.get_args_parser().parse_args(["--verify", str(tmp_path / "st")]))
     out = capsys.readouterr().out
     assert f"damaged: {block}" in out and "CRC-32" in out
+
+
+def test_mix64_is_splitmix64():
+    """mix64 of k golden-ratio steps is splitmix64's k-th output from seed 0 (the published sequence), for arrays,
+    scalars and any shape; compiled code calls the same ufunc (qdraw.dataset's flips)."""
+    golden = np.uint64(0x9E3779B97F4A7C15)
+    steps = np.array([0, 1, 2], np.uint64) * golden  # wrapping multiply: the generator's states before mixing
+    assert [hex(v) for v in mix64(steps).tolist()] == ["0xe220a8397b1dcdaf", "0x6e789e6aa1b965f4", "0x6c45d188009454f"]
+    assert mix64(np.uint64(0)) == np.uint64(0xE220A8397B1DCDAF) and mix64(steps.reshape(1, 3)).shape == (1, 3)
