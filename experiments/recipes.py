@@ -80,6 +80,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--plain-epochs", type=int, default=4, help="compare: epochs of the plain reference (default 4: "
                    "its 20 minutes on 2 cores, resnet34 at 64 px training at ~26 images/s)")
     p.add_argument("--recipe", default="configs/cpu_16class.yaml", help="compare: the recipe's config")
+    p.add_argument("--recipe-epochs", type=int, default=None, help="compare: train the recipe this many epochs "
+                   "instead of its config's (with one cosine period over them, as the config has), to compare at a larger budget with "
+                   "--plain-epochs; its table gets its own section of --results")
     p.add_argument("--lock", default=None, help="flock this file around each heavy step (default: none)")
     p.add_argument("--results", default="docs/RESULTS.md", help="markdown to update (default docs/RESULTS.md)")
     p.add_argument("--write", action=argparse.BooleanOptionalAction, default=True, help="write --results")
@@ -175,12 +178,20 @@ def _epochs_seconds(run: Path) -> float:
         return sum(float(r["epoch_s"]) for r in csv.DictReader(f))
 
 
+def _recipe_run(lab: Lab, seed: int) -> str:
+    """Run folder name of the recipe: recipe-s0, or recipe-e12-s0 with --recipe-epochs 12."""
+    epochs = lab.args.recipe_epochs
+    return f"recipe-s{seed}" if epochs is None else f"recipe-e{epochs}-s{seed}"
+
+
 def compare(lab: Lab, seeds: list[int], recipe: str) -> str:
     """The recipe (train + predict with TTA) and the plain reference, each timed end to end, per seed."""
     rows, aps = [], {"recipe": [], "plain": []}
+    n = lab.args.recipe_epochs  # one cosine period over the run, as in the config
+    epochs = [] if n is None else ["--epochs", str(n), "--period", str(n)]
     for seed in seeds:
         start = time.time()
-        run, train_s = lab.train(f"recipe-s{seed}", ["--config", str(REPO / recipe), "--seed", str(seed)])
+        run, train_s = lab.train(_recipe_run(lab, seed), ["--config", str(REPO / recipe), "--seed", str(seed), *epochs])
         pred, pred_s = lab.predict(run / "last.pth")
         aps["recipe"].append(per_drawing_ap(pred, lab.labels)[1])
         timings = (run / "timing.json", pred.with_name(pred.name + ".json"))
@@ -214,7 +225,7 @@ def _recipe_weights(lab: Lab, seeds: list[int], recipe_aps: list[np.ndarray]) ->
     average of its last 3 epochs (BatchNorm re-estimated), each paired against the recipe as shipped."""
     ways = {"raw weights (no EMA), TTA": [], "EMA, no TTA": [], "average of the last 3 epochs, TTA": []}
     for seed in seeds:
-        run = lab.work / "runs" / f"recipe-s{seed}"
+        run = lab.work / "runs" / _recipe_run(lab, seed)
         preds = [lab.predict(run / "last.pth", "raw")[0], lab.predict(run / "last.pth", "ema", tta=False)[0],
                  lab.predict(lab.average(run, "avg3"), "raw")[0]]
         for way, pred in zip(ways, preds):
@@ -266,6 +277,8 @@ def main(args: argparse.Namespace) -> None:
         body, title = ablation(lab, seeds, only, args.epochs), "Ablation on the 16 real classes"
     elif args.step == "compare":
         body, title = compare(lab, seeds, args.recipe), "The CPU recipe against the plain reference"
+        if args.recipe_epochs is not None:
+            title += f", at a larger budget (recipe {args.recipe_epochs} epochs, plain {args.plain_epochs})"
     else:
         body, title = configs(lab, only), "Every per-architecture config run short"
     argv = " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -276,7 +289,8 @@ def main(args: argparse.Namespace) -> None:
                       *lab.run.commands, "```"])
     print(text)
     if args.write:
-        tag = f"recipes:{args.step}"
+        longer = args.step == "compare" and args.recipe_epochs is not None
+        tag = f"recipes:{args.step}" + (f"-e{args.recipe_epochs}" if longer else "")
         write_section(REPO / args.results, f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->", text)
 
 
