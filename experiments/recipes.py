@@ -46,7 +46,8 @@ class Variant:
 
 
 VARIANTS = [
-    Variant("base", {}, "raw", "resnet34 64 px rgb, 8 epochs, batch 64, AdamW 2e-3, fitted cosine, natural sampling"),
+    Variant("base", {}, "raw",
+            "resnet34 64 px rgb, {epochs} epochs, batch 64, AdamW 2e-3, fitted cosine, natural sampling"),
     Variant("schedule not fitted", {"period": "32", "t-mult": "1.2", "no-fit-schedule": None}, "raw",
             "the configs' 32-epoch first period, open-ended: the run stops with the rate still high"),
     Variant("EMA 0.995", {}, "ema", "the base runs' EMA weights (BatchNorm statistics averaged with them)"),
@@ -168,7 +169,7 @@ def ablation(lab: Lab, seeds: list[int], only: set[str] | None, epochs: int) -> 
             continue
         per_seed = " / ".join(f"{a.mean():.4f}" for a in aps[v.name])
         diff = "—" if v.name == "base" else "{:+.4f} ± {:.4f}".format(*paired(aps[v.name], base))
-        lines.append(f"| {v.name} | {v.what or ' '.join(flags(v.change))} | {np.mean([a.mean() for a in aps[v.name]]):.4f} "
+        lines.append(f"| {v.name} | {v.what.format(epochs=epochs) or ' '.join(flags(v.change))} | {np.mean([a.mean() for a in aps[v.name]]):.4f} "
                      f"| {per_seed} | {diff} |")
     return "\n".join(lines)
 

@@ -3,7 +3,7 @@
 Why threads: the rasteriser's kernels release the GIL (numba ``nogil=True``), so threads inside the training process
 draw batches in parallel with no copy between processes. Worker processes (torch's DataLoader) spend their time
 moving 49 KB images between processes instead: measured on 2 cores (``python bench.py raster``), 2 worker processes
-delivered ~0.4x of one core's kernel rate while 2 threads deliver 1.6-1.7x (docs/BENCHMARKS.md has the figures).
+delivered ~0.3-0.4x of one core's kernel rate while 2 threads deliver 1.5-1.7x (docs/BENCHMARKS.md has the figures).
 
 Both backends give the same batches in the same order for a given (seed, epoch): the index order comes from the same
 DistributedSampler (one replica, or sharded by rank when distributed; drop_last in training), batched by the same
