@@ -82,8 +82,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "its 20 minutes on 2 cores, resnet34 at 64 px training at ~26 images/s)")
     p.add_argument("--recipe", default="configs/cpu_16class.yaml", help="compare: the recipe's config")
     p.add_argument("--recipe-epochs", type=int, default=None, help="compare: train the recipe this many epochs "
-                   "instead of its config's (with one cosine period over them, as the config has), to compare at a larger budget with "
-                   "--plain-epochs; its table gets its own section of --results")
+                   "instead of its config's (one cosine period over them, as in the config), to compare at a larger "
+                   "budget with --plain-epochs; its table gets its own section of --results")
     p.add_argument("--lock", default=None, help="flock this file around each heavy step (default: none)")
     p.add_argument("--results", default="docs/RESULTS.md", help="markdown to update (default docs/RESULTS.md)")
     p.add_argument("--write", action=argparse.BooleanOptionalAction, default=True, help="write --results")
@@ -169,8 +169,8 @@ def ablation(lab: Lab, seeds: list[int], only: set[str] | None, epochs: int) -> 
             continue
         per_seed = " / ".join(f"{a.mean():.4f}" for a in aps[v.name])
         diff = "—" if v.name == "base" else "{:+.4f} ± {:.4f}".format(*paired(aps[v.name], base))
-        lines.append(f"| {v.name} | {v.what.format(epochs=epochs) or ' '.join(flags(v.change))} | {np.mean([a.mean() for a in aps[v.name]]):.4f} "
-                     f"| {per_seed} | {diff} |")
+        what = v.what.format(epochs=epochs) or " ".join(flags(v.change))
+        lines.append(f"| {v.name} | {what} | {np.mean([a.mean() for a in aps[v.name]]):.4f} | {per_seed} | {diff} |")
     return "\n".join(lines)
 
 
@@ -192,7 +192,8 @@ def compare(lab: Lab, seeds: list[int], recipe: str) -> str:
     epochs = [] if n is None else ["--epochs", str(n), "--period", str(n)]
     for seed in seeds:
         start = time.time()
-        run, train_s = lab.train(_recipe_run(lab, seed), ["--config", str(REPO / recipe), "--seed", str(seed), *epochs])
+        run, train_s = lab.train(_recipe_run(lab, seed),
+                                 ["--config", str(REPO / recipe), "--seed", str(seed), *epochs])
         pred, pred_s = lab.predict(run / "last.pth")
         aps["recipe"].append(per_drawing_ap(pred, lab.labels)[1])
         timings = (run / "timing.json", pred.with_name(pred.name + ".json"))

@@ -44,35 +44,29 @@ from torch.utils.data import Dataset, get_worker_info
 
 from .encoding import check_time, get_encoding
 from .raster import Sources, check_geometry, rasterize
-from .store import Block, Store, StoreError, mix64, splitmix64
+from .store import Block, Store, StoreError, mix64
 
-__all__ = ["BalancedBlockDataset", "SplitDataset", "epoch_plan", "flip_bits", "flip_key"]
-
-
-def flip_key(seed: int, epoch: int) -> np.uint64:
-    """The hash key of an epoch's flips: one per (seed, epoch)."""
-    return mix64(mix64(np.uint64(seed)) ^ np.uint64(epoch))
+__all__ = ["BalancedBlockDataset", "SplitDataset", "epoch_plan", "flip_bits"]
 
 
 def flip_bits(seed: int, epoch: int, index: np.ndarray) -> np.ndarray:
     """A fair coin per item, a pure function of (seed, epoch, index): bool array like index."""
     index = np.asarray(index, np.int64).astype(np.uint64)
-    return (mix64(flip_key(seed, epoch) ^ index) >> np.uint64(63)).astype(bool)
+    key = mix64(mix64(np.uint64(seed)) ^ np.uint64(epoch))  # one key per (seed, epoch), hashed once per batch
+    return (mix64(key ^ index) >> np.uint64(63)).astype(bool)
 
 
 @njit(cache=True, nogil=True)
-def _locate(idx, offsets, picks, key, hflip, src, local, flip):
-    """Source, drawing within its block and flip (as :func:`flip_bits`) of each training item, in one compiled pass:
-    the dozen numpy calls it replaces held the GIL for ~4 % of a batch at 128 px (measured with perf_counter around
-    each step), time in which the other loader thread could not start its next batch. False when an index is out
-    of range."""
+def _locate(idx, offsets, picks, src, local):
+    """Source and drawing within its block of each training item, in one compiled pass: the numpy calls it replaces
+    held the GIL for ~2 % of a batch at 128 px (measured with perf_counter around each step), time in which the other
+    loader thread could not start its next batch. False when an index is out of range."""
     for j in range(len(idx)):
         i = idx[j]
         if i < 0 or i >= offsets[-1]:
             return False
         c = np.searchsorted(offsets, i, side="right") - 1
         src[j], local[j] = c, picks[c, i - offsets[c]]
-        flip[j] = hflip and (splitmix64(key ^ np.uint64(i)) >> np.uint64(63)) != 0
     return True
 
 
@@ -259,10 +253,11 @@ class BalancedBlockDataset(_RasterDataset):
         epoch = self.epoch if epoch is None else epoch
         _, picks = self.plan(epoch)
         sources = self._open(epoch, lambda: self.epoch_blocks(epoch))
-        src, local, flip = np.empty(len(idx), np.int64), np.empty(len(idx), np.int64), np.empty(len(idx), np.bool_)
-        if not _locate(idx, self.class_offsets, picks, flip_key(self.seed, epoch), self.hflip, src, local, flip):
+        src, local = np.empty(len(idx), np.int64), np.empty(len(idx), np.int64)
+        if not _locate(idx, self.class_offsets, picks, src, local):
             raise IndexError(f"index out of range for a dataset of {len(self)}")
-        images = self._render(sources, src, local, flip if self.hflip else None, out)
+        flip = flip_bits(self.seed, epoch, idx) if self.hflip else None
+        images = self._render(sources, src, local, flip, out)
         return images, torch.from_numpy(self.source_labels[src])
 
     def is_pseudo(self, indices: list[int]) -> np.ndarray:

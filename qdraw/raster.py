@@ -174,21 +174,26 @@ _GATHER_OK, _GATHER_INDEX, _GATHER_DAMAGED = 0, 1, 2
 
 
 @njit(**_KERNEL)
+def _gather_failed(status):
+    """_gather_kernel's result for a refused batch: empty arrays and the status (made only when it fails)."""
+    return np.empty((0, 2), np.uint8), np.empty(0, np.int32), np.empty(0, np.int64), np.empty(0, np.int64), status
+
+
+@njit(**_KERNEL)
 def _gather_kernel(xys, ts, strokess, drawingss, src, idx, with_t):
     n = len(src)
     n_s, n_p = 0, 0
-    nothing = (np.empty((0, 2), np.uint8), np.empty(0, np.int32), np.empty(0, np.int64), np.empty(0, np.int64))
     for j in range(n):
         if not (0 <= src[j] < len(xys)) or not (0 <= idx[j] < len(drawingss[src[j]]) - 1):
-            return nothing + (_GATHER_INDEX,)
+            return _gather_failed(_GATHER_INDEX)
         st, dr = strokess[src[j]], drawingss[src[j]]
         s0, s1 = dr[idx[j]], dr[idx[j] + 1]
         # Defence in depth (blocks are validated when opened): offsets that would read outside the source arrays
         # give a status instead of a read; one comparison per drawing, not per point.
         if not (0 <= s0 <= s1 < len(st)) or not (0 <= st[s0] <= st[s1] <= len(xys[src[j]])):
-            return nothing + (_GATHER_DAMAGED,)
+            return _gather_failed(_GATHER_DAMAGED)
         if with_t and len(ts[src[j]]) != len(xys[src[j]]):
-            return nothing + (_GATHER_DAMAGED,)
+            return _gather_failed(_GATHER_DAMAGED)
         n_s += s1 - s0
         n_p += st[s1] - st[s0]
     xy = np.empty((n_p, 2), np.uint8)
@@ -235,7 +240,6 @@ class Sources:
         self._t = List([_readonly(b.t if self.has_time else empty_t, np.int32) for b in blocks])
         self._strokes = List([_readonly(b.strokes, np.int64) for b in blocks])
         self._drawings = List([_readonly(b.drawings, np.int64) for b in blocks])
-        self.sizes = np.array([len(b) for b in blocks], np.int64)
 
     def gather(self, src: np.ndarray, idx: np.ndarray,
                with_time: bool = True) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
