@@ -25,7 +25,7 @@ import models  # noqa: F401  (registers the architectures)
 from qdraw.atomic import link_or_copy
 from qdraw.checkpoint import CheckpointError, copy_checkpoint, save_checkpoint, set_rng_state
 from qdraw.config import add_config_arg, parse_args, write_config
-from qdraw.distributed import DistInfo, all_gather_objects, cleanup, init_distributed
+from qdraw.distributed import DistInfo, all_gather_objects, broadcast_buffers, cleanup, init_distributed
 from qdraw.engine import evaluate, train_one_epoch
 from qdraw.job import (AMP_DTYPES, Job, build_job, checkpoint_state, output_dir, resume, seed_all, snapshot_epochs,
                        weights_checksum, wrap)
@@ -83,6 +83,10 @@ def _add_model_args(g: argparse._ArgumentGroup) -> None:
                    help="NHWC memory layout (default: on with CUDA)")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="torch.compile the model (default off)")
+    g.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=False,
+                   help="under torchrun on GPUs, BatchNorm statistics over the global batch (torch's SyncBatchNorm) "
+                   "instead of each GPU's own; helps when the per-GPU batch is small (< 32), costs a collective per "
+                   "BatchNorm layer (default off)")
 
 
 def _add_optim_args(g: argparse._ArgumentGroup) -> None:
@@ -202,6 +206,7 @@ def main(args: argparse.Namespace) -> None:
             train = train_one_epoch(net, criterion, job.train_loader, job.optimizer, job.lr_at, info.device, epoch,
                                     step, job.opts, ema=job.ema)
             step = int(train["step"])
+            sync_buffers(job)  # one model from here on: validation, checkpoint and the final check see rank 0's
             val = _validate(eval_net, job, info)
             is_best = not val["map3"] <= best  # NaN (no validation drawings) counts as best: best.pth = last.pth
             best = val["map3"] if is_best else best
@@ -219,6 +224,13 @@ def main(args: argparse.Namespace) -> None:
     cleanup()
 
 
+def sync_buffers(job: Job) -> None:
+    """Rank 0's BatchNorm statistics on every rank, for the raw model and the EMA (qdraw.distributed)."""
+    broadcast_buffers(job.model)
+    if job.ema is not None:
+        broadcast_buffers(job.ema.averaged)
+
+
 def _validate(eval_net: nn.Module, job: Job, info: DistInfo) -> dict[str, float]:
     """Validation metrics of the raw weights and, with an EMA, of the averaged ones: "map3" is the one that picks
     best.pth (the EMA's when there is one, as predict.py uses those by default), "raw_map3" the raw weights'."""
@@ -231,14 +243,21 @@ def _validate(eval_net: nn.Module, job: Job, info: DistInfo) -> dict[str, float]
 
 
 def _check_ranks_agree(job: Job, info: DistInfo) -> None:
-    """After DDP training every rank must hold the same weights; say so (or fail) once, on rank 0."""
+    """After DDP training every rank must hold the same parameters and buffers (raw and EMA); say so (or fail)
+    once, on rank 0. Buffers agree because the loop broadcasts rank 0's before each validation (sync_buffers)."""
     if not info.distributed:
         return
-    sums = all_gather_objects(weights_checksum(job.model))
-    if max(sums) - min(sums) > 1e-9 * max(1.0, abs(sums[0])):
-        cleanup()
-        raise SystemExit(f"error: the {info.world_size} ranks ended with different weights (checksums {sums})")
-    log.info("ranks agree: weights checksum %.12g on %d processes", sums[0], info.world_size)
+    models = {"weights": job.model} | ({"EMA weights": job.ema.module} if job.ema is not None else {})
+    for name, model in models.items():
+        sums = all_gather_objects(weights_checksum(model))
+        for part in ("parameters", "buffers"):
+            values = [s[part] for s in sums]
+            if max(values) - min(values) > 1e-9 * max(1.0, abs(values[0])):
+                cleanup()
+                raise SystemExit(f"error: the {info.world_size} ranks ended with different {name} ({part} "
+                                 f"checksums {values})")
+        log.info("ranks agree: %s checksum %.12g (parameters), %.12g (buffers) on %d processes", name,
+                 sums[0]["parameters"], sums[0]["buffers"], info.world_size)
 
 
 def _save_epoch(out: Path, state: dict, is_best: bool, train: dict[str, float], val: dict[str, float],

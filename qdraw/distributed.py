@@ -94,13 +94,26 @@ def all_gather_objects(obj) -> list:
     return out
 
 
-def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    """Element-wise sum of a short list of floats over all ranks (float64 for exact counts)."""
+def all_reduce_sum(values: list[float], device: torch.device, op: str = "sum") -> list[float]:
+    """Element-wise sum (or "max") of a short list of floats over all ranks (float64 for exact counts)."""
     if not is_dist():
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
     return t.tolist()
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Make every rank's buffers (BatchNorm running statistics and counts) rank src's, in place.
+
+    Why: DDP broadcasts rank 0's buffers at the start of each forward, so after the last step of an epoch every rank
+    holds the statistics of its own last batch. Validation, checkpoints and the end-of-run check must see one model.
+    A no-op in a single process and for a module without buffers.
+    """
+    if not is_dist():
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf.data, src)
 
 
 def cleanup() -> None:

@@ -57,7 +57,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
                     lr_at: Callable[[float], float], device: torch.device, epoch: int, step: int,
                     opts: StepOptions, ema: "Ema | None" = None) -> dict[str, float]:
     """Train for one pass over loader; return mean loss, last lr, images/s, the seconds spent waiting for batches
-    (``data_wait_s``: a loader that cannot keep up shows here) and the global step count after it.
+    (``data_wait_s``: a loader that cannot keep up shows here) and the global step count after it. Under torchrun
+    the loss and images/s cover all ranks and ``data_wait_s`` is the longest any rank waited.
 
     The rate of optimiser step k of n in this epoch is ``lr_at(epoch + (k + 1) / n)``, the time at which the step
     ends (time in epochs; see schedule.py), so the last step of a fitted schedule runs at its floor. ``step`` counts
@@ -105,7 +106,10 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
             bar.set_postfix(loss=f"{loss_sum.item() / max(seen, 1):.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
     bar.close()
     elapsed = time.perf_counter() - t0
+    # Under torchrun: loss over every rank's drawings, images/s of all ranks together, and the wait of the rank that
+    # waited longest (every optimiser step waits for the slowest rank, so its loader sets the pace).
     total_loss, total_seen = all_reduce_sum([loss_sum.item(), float(seen)], device)
+    (wait,) = all_reduce_sum([wait], device, op="max")
     return {"loss": total_loss / max(total_seen, 1), "lr": lr, "images_per_s": total_seen / max(elapsed, 1e-9),
             "seconds": elapsed, "data_wait_s": wait, "step": step}
 

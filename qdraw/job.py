@@ -161,6 +161,10 @@ def build_job(args: argparse.Namespace, info: DistInfo) -> Job:
     with torch.no_grad():  # a too-small --image-size fails here with the model's own message, not mid-epoch
         model.eval()(torch.zeros(1, in_chans, args.image_size, args.image_size))
     cuda = info.device.type == "cuda"
+    if args.sync_bn and info.distributed:
+        if not cuda:
+            raise ValueError("--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on the CPU)")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same state_dict keys: predict.py rebuilds plain BN
     channels_last = cuda if args.channels_last is None else args.channels_last
     model.to(info.device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     amp = cuda if args.amp is None else args.amp
@@ -245,11 +249,16 @@ def wrap(model: nn.Module, args: argparse.Namespace, info: DistInfo) -> tuple[nn
     return net, model
 
 
-def weights_checksum(model: nn.Module) -> float:
-    """A float summary of every parameter and buffer, equal on ranks holding equal weights (checked after DDP)."""
+def weights_checksum(model: nn.Module) -> dict[str, float]:
+    """Float summaries of the parameters and of the floating-point buffers, equal on ranks holding equal weights
+    (compared after DDP; each tensor weighted by its position, so swapped tensors do not cancel out)."""
+    params = {id(p) for p in model.parameters()}
+    sums = {"parameters": 0.0, "buffers": 0.0}
     with torch.no_grad():
-        return float(sum(t.double().sum().item() * (i + 1) for i, t in enumerate(model.state_dict().values())
-                         if t.is_floating_point()))
+        for i, t in enumerate(model.state_dict(keep_vars=True).values()):
+            if t.is_floating_point():
+                sums["parameters" if id(t) in params else "buffers"] += t.double().sum().item() * (i + 1)
+    return sums
 
 
 def snapshot_epochs(lr_at: CosineRestarts, epochs: int) -> set[int]:
