@@ -20,12 +20,14 @@ import torch
 import data_loader_rgb  # noqa: F401  (registers the grey and rgb encodings)
 import data_loader_time  # noqa: F401  (registers the time encoding)
 import models  # noqa: F401  (registers the architectures)
+from qdraw.augment import Augment
 from qdraw.averaging import average_checkpoints, has_batchnorm, recompute_bn
-from qdraw.checkpoint import CheckpointError, raster_spec, save_checkpoint
+from qdraw.checkpoint import CheckpointError, save_checkpoint
 from qdraw.dataset import BalancedBlockDataset
 from qdraw.inference import build_model
 from qdraw.loader import create_loader
 from qdraw.prepare import SYNTHETIC_DIR
+from qdraw.render import make_render, spec_of_checkpoint
 from qdraw.store import Store, StoreError
 
 
@@ -75,12 +77,13 @@ def _paths(args: argparse.Namespace) -> list[Path]:
 
 def _bn_batches(ckpt: dict, args: argparse.Namespace):
     """Training batches as the run drew them (its store, encoding, geometry, flips), from the checkpoint's epoch."""
-    cfg, spec = ckpt["config"], raster_spec(ckpt)
+    cfg, spec = ckpt["config"], spec_of_checkpoint(ckpt)
     store = Store(args.data or cfg.get("data") or SYNTHETIC_DIR)
-    ds = BalancedBlockDataset(store, spec.encoding, image_size=spec.image_size, line_width=spec.line_width,
-                              samples_per_class=cfg.get("samples_per_class"), seed=int(cfg.get("seed", 0)),
-                              hflip=bool(cfg.get("hflip", True)), class_sampling=cfg.get("class_sampling", "balanced"))
-    loader = create_loader(ds, args.batch_size, is_training=True, num_workers=args.workers, seed=int(cfg.get("seed", 0)))
+    augment = Augment.from_config(ckpt.get("augment") or cfg.get("augment"), 0.5 if cfg.get("hflip", True) else 0.0)
+    ds = BalancedBlockDataset(store, samples_per_class=cfg.get("samples_per_class"), seed=int(cfg.get("seed", 0)),
+                              class_sampling=cfg.get("class_sampling", "balanced"), transform=augment)
+    loader = create_loader(ds, make_render(spec), args.batch_size, is_training=True, num_workers=args.workers,
+                           seed=int(cfg.get("seed", 0)))
     loader.set_epoch(int(ckpt["epoch"]))
     return loader
 

@@ -31,22 +31,28 @@ centred on its bounding box; dots are drawn; size and line width are parameters.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
-from qdraw.encoding import Encoding, level, point_stroke, register_encoding, step_length, stroke_length, stroke_order
+from qdraw.encoding import Encoding, color_kernel, level, register_encoding, step_length, stroke_length
 
 GREY_STEP, GREY_MIN_AT = 13, 10
+POINTS_INDEX_MAX, POINTS_COUNT_MAX = 15, 64
 
 
-def grey_colors(xy: np.ndarray, t: np.ndarray | None, strokes: np.ndarray, drawings: np.ndarray) -> np.ndarray:
-    """Grey level per point: uint8 (P, 1) = 255 - 13 * min(stroke index, 10)."""
-    index, _ = stroke_order(drawings)
-    per_stroke = (255 - GREY_STEP * np.minimum(index, GREY_MIN_AT)).astype(np.uint8)
-    return per_stroke[point_stroke(strokes)][:, None]
+# Each encoding is one compiled loop over strokes (qdraw.encoding.color_kernel): a loader thread then calls it inside
+# its one compiled call per chunk of batches, without the GIL; numpy's passes over the points cost as much as drawing.
+@color_kernel
+def grey_kernel(xy, t, strokes, drawings, out):
+    """Grey level per point: 255 - 13 * min(stroke index, 10)."""
+    for d in range(len(drawings) - 1):
+        for s in range(drawings[d], drawings[d + 1]):
+            ink = np.uint8(255 - GREY_STEP * min(s - drawings[d], GREY_MIN_AT))
+            for p in range(strokes[s], strokes[s + 1]):
+                out[p, 0] = ink
 
 
-@njit(cache=True, nogil=True)
-def _rgb_kernel(xy, strokes, drawings, out):
+@color_kernel
+def rgb_kernel(xy, t, strokes, drawings, out):
+    """(stroke-order fraction, position along the stroke, ink) per point."""
     for d in range(len(drawings) - 1):
         s0, s1 = drawings[d], drawings[d + 1]
         for s in range(s0, s1):
@@ -62,39 +68,34 @@ def _rgb_kernel(xy, strokes, drawings, out):
                 out[p, 2] = 255
 
 
-def rgb_colors(xy: np.ndarray, t: np.ndarray | None, strokes: np.ndarray, drawings: np.ndarray) -> np.ndarray:
-    """(stroke-order fraction, position along the stroke, ink) per point: uint8 (P, 3). Compiled (a loop over
-    strokes), because numpy's dozen passes over the points cost as much as drawing them."""
-    out = np.empty((len(xy), 3), np.uint8)
-    _rgb_kernel(np.ascontiguousarray(xy), np.ascontiguousarray(strokes), np.ascontiguousarray(drawings), out)
-    return out
+@color_kernel
+def points_kernel(xy, t, strokes, drawings, out):
+    """(stroke index, points in the stroke, ink) per point, as for ``points`` in the module docstring."""
+    for d in range(len(drawings) - 1):
+        for s in range(drawings[d], drawings[d + 1]):
+            a, e = strokes[s], strokes[s + 1]
+            red = np.uint8(np.floor(255 * min(s - drawings[d], POINTS_INDEX_MAX) / POINTS_INDEX_MAX + 0.5))
+            green = np.uint8(np.floor(255 * min(e - a, POINTS_COUNT_MAX) / POINTS_COUNT_MAX + 0.5))
+            for p in range(a, e):
+                out[p, 0], out[p, 1], out[p, 2] = red, green, 255
 
 
-POINTS_INDEX_MAX, POINTS_COUNT_MAX = 15, 64
+@color_kernel
+def thirds_kernel(xy, t, strokes, drawings, out):
+    """255 in channel c (0, 1, 2) on the strokes of the first (c + 1) thirds of each drawing."""
+    for d in range(len(drawings) - 1):
+        n = drawings[d + 1] - drawings[d]
+        for s in range(drawings[d], drawings[d + 1]):
+            i = s - drawings[d]
+            red = np.uint8(255 if i < -(-n // 3) else 0)
+            green = np.uint8(255 if i < -(-2 * n // 3) else 0)
+            for p in range(strokes[s], strokes[s + 1]):
+                out[p, 0], out[p, 1], out[p, 2] = red, green, 255
 
 
-def points_colors(xy: np.ndarray, t: np.ndarray | None, strokes: np.ndarray, drawings: np.ndarray) -> np.ndarray:
-    """(stroke index, points in the stroke, ink) per point: uint8 (P, 3), as for ``points`` above."""
-    index, _ = stroke_order(drawings)
-    per_stroke = np.empty((len(index), 3), np.uint8)
-    per_stroke[:, 0] = np.floor(255 * np.minimum(index, POINTS_INDEX_MAX) / POINTS_INDEX_MAX + 0.5)
-    per_stroke[:, 1] = np.floor(255 * np.minimum(np.diff(strokes), POINTS_COUNT_MAX) / POINTS_COUNT_MAX + 0.5)
-    per_stroke[:, 2] = 255
-    return per_stroke[point_stroke(strokes)]
-
-
-def thirds_colors(xy: np.ndarray, t: np.ndarray | None, strokes: np.ndarray, drawings: np.ndarray) -> np.ndarray:
-    """255 in channel c (0, 1, 2) on the strokes of the first (c + 1) thirds of each drawing: uint8 (P, 3)."""
-    index, count = stroke_order(drawings)
-    per_stroke = np.empty((len(index), 3), np.uint8)
-    per_stroke[:, 0] = np.where(index < -(-count // 3), 255, 0)
-    per_stroke[:, 1] = np.where(index < -(-2 * count // 3), 255, 0)
-    per_stroke[:, 2] = 255
-    return per_stroke[point_stroke(strokes)]
-
-
-GREY = register_encoding(Encoding("grey", 1, False, grey_colors, ("stroke order",)))
-RGB = register_encoding(Encoding("rgb", 3, False, rgb_colors, ("stroke order", "along the stroke", "ink")))
-POINTS = register_encoding(Encoding("points", 3, False, points_colors, ("stroke index", "points in stroke", "ink")))
-THIRDS = register_encoding(Encoding("thirds", 3, False, thirds_colors, ("first third", "first two thirds", "all"),
-                                    reverse=True))
+GREY = register_encoding(Encoding.compiled("grey", 1, False, grey_kernel, ("stroke order",)))
+RGB = register_encoding(Encoding.compiled("rgb", 3, False, rgb_kernel, ("stroke order", "along the stroke", "ink")))
+POINTS = register_encoding(Encoding.compiled("points", 3, False, points_kernel,
+                                             ("stroke index", "points in stroke", "ink")))
+THIRDS = register_encoding(Encoding.compiled("thirds", 3, False, thirds_kernel,
+                                             ("first third", "first two thirds", "all"), reverse=True))

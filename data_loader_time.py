@@ -23,17 +23,17 @@ data_loader_rgb.py read raw stores as well.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
-from qdraw.encoding import Encoding, level, register_encoding, stroke_length
+from qdraw.encoding import Encoding, color_kernel, level, register_encoding, stroke_length
 
 INK_FLOOR = 55
 SPEED_HALF = 0.2  # frame units per ms: median stroke speed of the raw data (measured on the shared slice)
 PAUSE_HALF = 400.0  # ms: about the median pause between strokes
 
 
-@njit(cache=True, nogil=True)
-def _time_kernel(xy, t, strokes, drawings, out):
+@color_kernel
+def time_kernel(xy, t, strokes, drawings, out):
+    """(global time fraction, stroke speed, pause before the stroke) per point; t is required."""
     for d in range(len(drawings) - 1):
         s0, s1 = drawings[d], drawings[d + 1]
         t_end = 0
@@ -64,16 +64,5 @@ def _time_kernel(xy, t, strokes, drawings, out):
             prev_end = t[e - 1]
 
 
-def time_colors(xy: np.ndarray, t: np.ndarray | None, strokes: np.ndarray, drawings: np.ndarray) -> np.ndarray:
-    """(global time fraction, stroke speed, pause before the stroke) per point: uint8 (P, 3); t is required.
-    Compiled (a loop over strokes): numpy's many passes over raw drawings' points cost more than drawing them."""
-    if t is None:
-        raise ValueError("the time encoding needs stroke timing (raw data); this data is simplified")
-    out = np.empty((len(xy), 3), np.uint8)
-    _time_kernel(np.ascontiguousarray(xy), np.ascontiguousarray(t), np.ascontiguousarray(strokes),
-                 np.ascontiguousarray(drawings), out)
-    return out
-
-
-TIME = register_encoding(Encoding("time", 3, True, time_colors, ("time", "stroke speed", "pause before")))
+TIME = register_encoding(Encoding.compiled("time", 3, True, time_kernel, ("time", "stroke speed", "pause before")))
 

@@ -34,10 +34,10 @@ from qdraw.checkpoint import CheckpointError
 from qdraw.classifier import check_fits, load_classifier
 from qdraw.dataset import SplitDataset
 from qdraw.distributed import pick_device
-from qdraw.encoding import check_time
 from qdraw.inference import WEIGHTS, open_input, predict_probs
 from qdraw.metrics import format_table, ranking_metrics
 from qdraw.predictions import balance, write_labels, write_predictions, write_submission
+from qdraw.render import make_render
 from qdraw.store import StoreError
 
 
@@ -92,12 +92,13 @@ def main(args: argparse.Namespace) -> None:
         with ExitStack() as stack:
             store, split = open_input(args.input, classes, args.split, stack)
             check_fits(clf, store.classes)
-            spec = clf.spec
-            check_time(spec.encoding, store.has_time, args.input)
-            ds = SplitDataset(store, split, spec.encoding, image_size=spec.image_size, line_width=spec.line_width)
+            render = make_render(clf.spec)
+            render.check_data(store.has_time, args.input)
+            ds = SplitDataset(store, split)
             if not (args.preds or args.submission or args.labels):  # said before the long part
                 print("note: no --preds or --submission given; only metrics are printed", file=sys.stderr)
-            probs, rate = predict_probs(clf, ds, args.batch_size, args.workers, tta=args.tta, progress=not args.quiet)
+            probs, rate = predict_probs(clf, ds, render, args.batch_size, args.workers, tta=args.tta,
+                                        progress=not args.quiet)
     except (CheckpointError, StoreError, ValueError, OSError) as exc:
         raise SystemExit(f"error: {exc}") from None
     where = device if clf.backend == "torch" else "cpu (onnxruntime)"

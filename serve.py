@@ -88,8 +88,8 @@ def main(args: argparse.Namespace) -> None:
         public = args.host != "localhost"
     if public:
         print(f"warning: --host {args.host} makes the server reachable from other machines", file=sys.stderr)
-    print(f"{clf.path.name}: {clf.info['arch']} ({clf.backend}), {len(clf.classes)} classes, {clf.spec.encoding} at "
-          f"{clf.spec.image_size} px; open http://{args.host}:{args.port}/", flush=True)
+    print(f"{clf.path.name}: {clf.info['arch']} ({clf.backend}), {len(clf.classes)} classes, input "
+          f"{clf.spec.describe()}; open http://{args.host}:{args.port}/", flush=True)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
     except (OSError, SystemExit) as exc:  # uvicorn exits 1 after logging a bind error (port in use)

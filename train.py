@@ -23,6 +23,7 @@ import data_loader_rgb  # noqa: F401  (registers the grey and rgb encodings)
 import data_loader_time  # noqa: F401  (registers the time encoding)
 import models  # noqa: F401  (registers the architectures)
 from qdraw.atomic import link_or_copy
+from qdraw.augment import parse_augment
 from qdraw.checkpoint import CheckpointError, copy_checkpoint, save_checkpoint, set_rng_state
 from qdraw.config import add_config_arg, parse_args, write_config
 from qdraw.distributed import DistInfo, all_gather_objects, broadcast_buffers, cleanup, init_distributed
@@ -66,7 +67,12 @@ def _add_data_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--val-per-class", type=int, default=None,
                    help="validation drawings per class, at most (default: all)")
     g.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=True,
-                   help="random horizontal flips in training (default on)")
+                   help="random horizontal flips in training, probability 0.5 (default on)")
+    g.add_argument("--augment", type=parse_augment, default="none",
+                   help="stroke augmentation in training (qdraw/augment.py): a preset, none, light, medium or strong, "
+                   "or per-transform strengths like rotate=10,scale=0.15,stroke_drop=0.05 (fields: scale, aspect, "
+                   "rotate, shear, translate, stroke_drop, jitter, time_scale; YAML: a name or a mapping) "
+                   "(default none)")
     g.add_argument("--workers", type=int, default=4, help="loader threads (or processes, see --loader) per training "
                    "process, capped at its share of the cores; 0 draws in the training thread (default 4)")
     g.add_argument("--loader", default="threads", choices=BACKENDS, help="draw batches in threads of the training "

@@ -1,25 +1,32 @@
-"""`bench.py raster`: rasterising speed from a prepared store, against a per-segment PIL baseline, and DataLoader
-throughput, in one run so the figures are comparable.
+"""`bench.py raster`: rasterising speed from a prepared store, against a per-segment PIL baseline, the loaders'
+throughput, what epoch boundaries cost them, and how the loader and a training thread share the GIL, in one run so
+the figures are comparable. Figures are printed, never asserted.
 
-Single-thread figures (numba kernels are serial; torch and cv2 are set to one thread): the compiled path (gather +
-encode + draw of 256-drawing batches in random store order, into fresh zeroed arrays) and the original solution's
-way (PIL ``ImageDraw.line`` per segment and ``ellipse`` per dot, same colours and geometry), then wall-clock images/s
-through :func:`qdraw.loader.create_loader` with K loader threads (``loader_<enc>_<size>_t<K>``, K = 1, 2, ... up to
-the cores) and with DataLoader worker processes (``..._w<K>``), and each loader's ratio to the one-core kernel rate,
-side by side. Figures are printed, never asserted.
-
-Like is compared with like: the kernel line draws the drawings of the loaders' epoch (a training set of
-``--drawings`` / classes drawings of each class, in a random order), the loaders draw that same epoch again and
-again, and each figure is timed over whole passes adding up to at least ``--min-seconds``: one-pass timings of a
-fraction of a second varied by +-15 % between runs on the shared 2-core machine.
+1. Single-thread figures (numba kernels are serial; torch and cv2 are set to one thread): the compiled path (gather +
+   encode + draw of 256-drawing batches of the loaders' epoch, in random order) and the original solution's way (PIL
+   ``ImageDraw.line`` per segment, same colours and geometry).
+2. Wall-clock images/s through :func:`qdraw.loader.create_loader` in training mode, cycling epochs as training does,
+   with K loader threads (``loader_<enc>_<size>_t<K>``) and K DataLoader worker processes (``..._w<K>``), each
+   divided by the one-core kernel rate timed around it (the machine's speed drifts).
+3. ``loader_cycle_over_repeat``: images/s cycling epochs (set_epoch(0), (1), ...: each epoch's plan, blocks and
+   order) over images/s repeating one epoch with no boundary (its chunks streamed over and over), same store, same
+   threads, measured alternately. Many classes with few drawings each is where boundaries cost.
+4. GIL probes (``--probe-seconds``): a consumer thread alone, the loader alone (a thread iterating it, cycling
+   epochs), then both at once for the same seconds, at the default switch interval, with 1 and 2 loader threads.
+   Consumers: ``torch`` (tiny torch ops, each releasing and re-taking the GIL, as a loop launching GPU work does) and
+   ``python`` (a pure-Python loop that never releases it). ``consumer_keep`` and ``loader_keep`` are each one's
+   rate together over its rate alone.
 
     python bench.py raster --encoding rgb --size 128 --data data/kaggle_simplified
+    python bench.py raster --encoding rgb --size 128 --data data/k345 --threads 2 --workers '' --probes ''
     python bench.py raster --encoding time --size 128 --data data/raw --workers 0
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
+import threading
 import time
 
 import numpy as np
@@ -27,10 +34,12 @@ import torch
 
 import data_loader_rgb  # noqa: F401  (registers grey, rgb)
 import data_loader_time  # noqa: F401  (registers time)
+from qdraw.augment import Augment
 from qdraw.dataset import BalancedBlockDataset
-from qdraw.loader import create_loader
 from qdraw.encoding import Encoding, check_time, get_encoding
+from qdraw.loader import ThreadLoader, create_loader
 from qdraw.raster import Sources, check_geometry, draw
+from qdraw.render import InputSpec, make_render
 from qdraw.store import Store
 
 
@@ -50,6 +59,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", default="0,2", help="comma list of DataLoader worker-process counts ('' to skip; "
                    "default 0,2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the drawing order (default 0)")
+    p.add_argument("--augment", default="none", help="stroke augmentation preset of the loaders (default none)")
+    p.add_argument("--cycle-threads", default="2", help="comma list of thread counts for loader_cycle_over_repeat "
+                   "('' to skip; default 2)")
+    p.add_argument("--probes", default="1,2", help="comma list of loader thread counts for the GIL probes ('' to "
+                   "skip; default 1,2)")
+    p.add_argument("--probe-seconds", type=float, default=3.0, help="seconds of each probe phase (default 3)")
 
 
 def pil_draw(xy: np.ndarray, strokes: np.ndarray, drawings: np.ndarray, colors: np.ndarray, size: int,
@@ -83,9 +98,25 @@ def pil_draw(xy: np.ndarray, strokes: np.ndarray, drawings: np.ndarray, colors: 
 
 
 def _dataset(store: Store, args: argparse.Namespace) -> BalancedBlockDataset:
-    """The loaders' training set: --drawings / classes drawings of each class an epoch."""
+    """The loaders' training set: --drawings / classes drawings of each class an epoch, --augment with the flip."""
     per_class = max(1, -(-args.drawings // store.num_classes))
-    return BalancedBlockDataset(store, args.encoding, args.size, args.line_width, per_class, seed=args.seed)
+    return BalancedBlockDataset(store, seed=args.seed, samples_per_class=per_class,
+                                transform=Augment.from_config(args.augment, hflip=0.5))
+
+
+def _loader(store: Store, args: argparse.Namespace, workers: int, backend: str = "threads"):
+    render = make_render(InputSpec.raster(args.encoding, args.size, args.line_width))
+    return create_loader(_dataset(store, args), render, args.batch_size, True, workers, seed=args.seed,
+                         pin_memory=False, backend=backend)
+
+
+class _Repeat(ThreadLoader):
+    """One epoch streamed over and over as if it never ended: the loader without any epoch-boundary work (plan,
+    blocks, sampler order, drained prefetch), the baseline of loader_cycle_over_repeat."""
+
+    def _chunks(self, epoch: int, follow: bool):
+        while True:
+            yield from super()._chunks(epoch, follow=False)
 
 
 def _epoch_items(ds: BalancedBlockDataset, seed: int) -> tuple[Sources, np.ndarray, np.ndarray]:
@@ -114,22 +145,91 @@ def _time_path(sources: Sources, src: np.ndarray, idx: np.ndarray, enc: Encoding
     return n / (time.process_time() - start)
 
 
+def _drive(loader, stop: threading.Event, count: list[int], cycle: bool = True) -> None:
+    """Iterate a loader as training does (set_epoch(0), (1), ...) until stop, adding images to count[0]."""
+    epoch = 0
+    while not stop.is_set():
+        loader.set_epoch(epoch if cycle else 0)
+        for _, y in loader:
+            count[0] += len(y)
+            if stop.is_set():
+                break
+        epoch += 1
+
+
+def _rates(phases: dict, seconds: float, warm: float = 0.5) -> dict[str, float]:
+    """Run each named worker function(stop, count) in its own thread; after `warm` seconds count for `seconds`;
+    return units per second of each."""
+    stop, counts = threading.Event(), {k: [0] for k in phases}
+    threads = [threading.Thread(target=fn, args=(stop, counts[k]), daemon=True) for k, fn in phases.items()]
+    for t in threads:
+        t.start()
+    time.sleep(warm)
+    start = {k: c[0] for k, c in counts.items()}
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    end = {k: c[0] for k, c in counts.items()}
+    elapsed = time.perf_counter() - t0
+    stop.set()
+    for t in threads:
+        t.join()
+    return {k: (end[k] - start[k]) / elapsed for k in phases}
+
+
 def _loader_rate(store: Store, args: argparse.Namespace, workers: int, backend: str) -> float:
-    """Images/s (wall clock) through create_loader in training mode, epoch 0 over and over, after a first pass that
-    pays the start-up (thread pool or worker processes, first block maps)."""
-    loader = create_loader(_dataset(store, args), args.batch_size, True, workers, seed=args.seed, pin_memory=False,
-                           backend=backend)
-    loader.set_epoch(0)
-    passes, n, start = 0, 0, 0.0
-    while passes < 2 or time.perf_counter() - start < args.min_seconds:
-        if passes == 1:
-            start = time.perf_counter()
-        for x, _ in loader:
-            n += len(x) if passes else 0
-        passes += 1
-    rate = n / max(time.perf_counter() - start, 1e-9)
-    del loader
+    """Images/s (wall clock) through create_loader in training mode, cycling epochs, after a warm-up that pays the
+    start-up (thread pool or worker processes, first block maps, compiled code)."""
+    loader = _loader(store, args, workers, backend)
+    rate = _rates({"loader": lambda stop, count: _drive(loader, stop, count)}, args.min_seconds, warm=1.0)["loader"]
+    getattr(loader, "close", lambda: None)()
     return rate
+
+
+def _torch_ops(stop: threading.Event, count: list[int]) -> None:
+    a = torch.zeros(16)
+    while not stop.is_set():
+        for _ in range(100):
+            a.add_(1.0)
+        count[0] += 100
+
+
+def _python_loop(stop: threading.Event, count: list[int]) -> None:
+    while not stop.is_set():
+        x = 0
+        for i in range(1000):
+            x += i
+        count[0] += 1
+
+
+def cycle_over_repeat(store: Store, args: argparse.Namespace, threads: int, rounds: int = 2) -> tuple[float, float]:
+    """(images/s cycling epochs, images/s repeating one epoch), each the mean of `rounds` alternating timings."""
+    cyc, rep = [], []
+    for _ in range(rounds):
+        loader = _loader(store, args, threads)
+        cyc.append(_rates({"l": lambda stop, count: _drive(loader, stop, count)}, args.min_seconds, 1.0)["l"])
+        loader.close()
+        base = _loader(store, args, threads)
+        repeat = _Repeat(base.dataset, base.render, base.sampler, base.batch_size, True, threads)
+        rep.append(_rates({"l": lambda stop, count: _drive(repeat, stop, count, cycle=False)}, args.min_seconds,
+                          1.0)["l"])
+        repeat.close()
+    return float(np.mean(cyc)), float(np.mean(rep))
+
+
+def gil_probe(store: Store, args: argparse.Namespace, threads: int, consumer: str) -> dict[str, float]:
+    """Consumer alone, loader alone, both together: their rates and the two keep ratios (module docstring)."""
+    work = _torch_ops if consumer == "torch" else _python_loop
+    loader = _loader(store, args, threads)
+
+    def drive(stop, count):
+        _drive(loader, stop, count)
+
+    alone_c = _rates({"c": work}, args.probe_seconds)["c"]
+    alone_l = _rates({"l": drive}, args.probe_seconds)["l"]
+    both = _rates({"c": work, "l": drive}, args.probe_seconds)
+    loader.close()
+    return {"consumer_alone": alone_c, "loader_alone": alone_l, "consumer_keep": both["c"] / alone_c,
+            "loader_keep": both["l"] / alone_l}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -179,4 +279,17 @@ def run(args: argparse.Namespace) -> None:
     for backend, k, rate, near in loaders:
         what = f"{k} loader threads" if backend == "threads" else f"{k} DataLoader worker processes"
         print(f"loader_{tag}_{'t' if backend == 'threads' else 'w'}{k} {rate:.0f} images/s  ({rate / near:.2f}x the "
-              f"one-core kernel timed around it, {near:.0f}; {what}, batch {args.batch_size})", flush=True)
+              f"one-core kernel timed around it, {near:.0f}; {what}, batch {args.batch_size}, cycling epochs)",
+              flush=True)
+    epoch_batches = len(src) // args.batch_size
+    for k in [int(k) for k in args.cycle_threads.split(",") if k.strip()]:
+        cyc, rep = cycle_over_repeat(store, args, k)
+        print(f"loader_cycle_over_repeat_t{k} {cyc / rep:.2f}  (cycling epochs {cyc:.0f} images/s, one epoch "
+              f"repeated {rep:.0f}; {store.num_classes} classes, {epoch_batches} batches an epoch)", flush=True)
+    print(f"switch interval {sys.getswitchinterval() * 1000:g} ms; probe phases of {args.probe_seconds:g} s")
+    for k in [int(k) for k in args.probes.split(",") if k.strip()]:
+        for consumer in ("torch", "python"):
+            r = gil_probe(store, args, k, consumer)
+            print(f"gil_{consumer}_t{k} consumer_keep {r['consumer_keep']:.2f} loader_keep {r['loader_keep']:.2f}  "
+                  f"(consumer alone {r['consumer_alone']:.0f}/s, loader alone {r['loader_alone']:.0f} images/s)",
+                  flush=True)

@@ -26,11 +26,13 @@ import data_loader_rgb  # noqa: F401  (registers grey, rgb)
 import data_loader_time  # noqa: F401  (registers time)
 import models
 from qdraw import dataset as qdata
+from qdraw.augment import Augment
 from qdraw.distributed import pick_device
 from qdraw.encoding import get_encoding
 from qdraw.engine import StepOptions, train_one_epoch
 from qdraw.loader import create_loader
 from qdraw.prepare import SYNTHETIC_DIR, ensure_synthetic
+from qdraw.render import InputSpec, make_render
 from qdraw.store import Store
 
 AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -107,8 +109,9 @@ def _tensor_batches(args: argparse.Namespace, num_classes: int, in_chans: int, d
 def _loader_batches(args: argparse.Namespace) -> tuple[Iterator, int, int]:
     """(batches, num_classes, in_chans) from the real training loader, cycling epochs as needed."""
     store = Store(args.data or ensure_synthetic(SYNTHETIC_DIR, workers=2))
-    ds = qdata.BalancedBlockDataset(store, args.encoding, image_size=args.size, seed=0)
-    loader = create_loader(ds, args.batch_size, is_training=True, num_workers=args.workers)
+    ds = qdata.BalancedBlockDataset(store, seed=0, transform=Augment(hflip=0.5))
+    render = make_render(InputSpec.raster(args.encoding, args.size))
+    loader = create_loader(ds, render, args.batch_size, is_training=True, num_workers=args.workers)
 
     def gen() -> Iterator:
         for epoch in itertools.count():

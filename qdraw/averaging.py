@@ -24,7 +24,7 @@ from torch.optim.swa_utils import AveragedModel, update_bn
 from .checkpoint import CheckpointError, load_checkpoint
 
 # Fields that must agree for checkpoints to be averaged: they define the network and its input.
-_SAME = ("arch", "model_args", "classes", "encoding", "image_size")
+_SAME = ("arch", "model_args", "classes", "encoding", "image_size", "input")
 
 
 def ema_decay_at(decay: float, updates: int) -> float:
@@ -109,7 +109,7 @@ def average_checkpoints(paths: list[str | Path], weights: str = "raw") -> dict:
         raise ValueError("give at least one checkpoint")
     for p, c in zip(paths[1:], ckpts[1:]):
         for key in _SAME:
-            if c[key] != ckpts[0][key]:
+            if c.get(key) != ckpts[0].get(key):
                 raise CheckpointError(f"{p}: {key} differs from {paths[0]}'s; only checkpoints of one run can be "
                                       f"averaged")
     key = "model" if weights == "raw" else "ema"

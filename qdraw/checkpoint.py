@@ -15,13 +15,13 @@ import pickle
 import random
 import re
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .atomic import atomic_write, link_or_copy
+from .render import InputSpec, spec_of_checkpoint
 
 CHECKPOINT_VERSION = 1
 REQUIRED_KEYS = ("version", "arch", "model_args", "classes", "encoding", "image_size", "config", "model", "epoch")
@@ -92,18 +92,32 @@ def _check_fields(ckpt: dict, path: Path) -> None:
     for key, n in counts.items():
         if n != len(classes):
             raise CheckpointError(f"{path}: {key} is {n!r} but the checkpoint lists {len(classes)} classes")
+    if not isinstance(ckpt["config"], dict):
+        raise CheckpointError(f"{path}: 'config' must be a dict")
+    if "input" in ckpt:  # what the model reads (qdraw.render.InputSpec); older checkpoints hold raster fields only
+        try:
+            spec = InputSpec.from_dict(ckpt["input"])
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: bad 'input' ({exc})") from None
+        if spec.kind != "raster":
+            return
     if not isinstance(ckpt["encoding"], str):
         raise CheckpointError(f"{path}: 'encoding' must be a name, got {ckpt['encoding']!r}")
     size = ckpt["image_size"]
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise CheckpointError(f"{path}: 'image_size' must be a positive integer, got {size!r}")
-    if not isinstance(ckpt["config"], dict):
-        raise CheckpointError(f"{path}: 'config' must be a dict")
 
 
 def check_compatible(ckpt: dict, classes: list[str] | None = None, encoding: str | None = None,
-                     image_size: int | None = None, arch: str | None = None) -> None:
-    """Raise CheckpointError when the checkpoint was trained on other classes, encoding, image size or model."""
+                     image_size: int | None = None, arch: str | None = None, spec: InputSpec | None = None) -> None:
+    """Raise CheckpointError when the checkpoint was trained on other classes, encoding, image size, input (kind,
+    encoding, size, points and dt; not the line width, whose default the checkpoint stores resolved) or model."""
+    if spec is not None:
+        theirs = spec_of_checkpoint(ckpt)
+        for key in ("kind", "encoding", "image_size", "max_len", "time"):
+            if getattr(theirs, key) != getattr(spec, key):
+                raise CheckpointError(f"checkpoint input {key} is {getattr(theirs, key)!r}, this run asks for "
+                                      f"{getattr(spec, key)!r}")
     if classes is not None and list(ckpt["classes"]) != list(classes):
         theirs = list(ckpt["classes"])
         if len(theirs) != len(classes):
@@ -114,22 +128,6 @@ def check_compatible(ckpt: dict, classes: list[str] | None = None, encoding: str
     for key, want in (("encoding", encoding), ("image_size", image_size), ("arch", arch)):
         if want is not None and ckpt[key] != want:
             raise CheckpointError(f"checkpoint {key} is {ckpt[key]!r}, this run asks for {want!r}")
-
-
-@dataclass(frozen=True)
-class RasterSpec:
-    """How a checkpoint's model wants its input drawn: the encoding's name, the image side and the line width (None
-    means the raster default for that size). The one reading of these fields, for predict, export and serve."""
-
-    encoding: str
-    image_size: int
-    line_width: int | None = None
-
-
-def raster_spec(ckpt: dict) -> RasterSpec:
-    """The RasterSpec a checkpoint was trained with (line width from its config, None when it used the default)."""
-    width = ckpt.get("line_width", ckpt["config"].get("line_width"))
-    return RasterSpec(ckpt["encoding"], int(ckpt["image_size"]), None if width is None else int(width))
 
 
 def rng_state() -> dict:
@@ -155,3 +153,7 @@ def set_rng_state(state: dict) -> None:
                          n["cached_gaussian"]))
     p = state["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+
+
+# FIXME: the earlier name, until export.py reads spec_of_checkpoint itself (its exporter is being replaced).
+raster_spec = spec_of_checkpoint

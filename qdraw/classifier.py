@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, RasterSpec, check_compatible, load_checkpoint, raster_spec
+from .checkpoint import CheckpointError, check_compatible, load_checkpoint
 from .inference import build_model, select_weights
-from .loader import to_model_input
 from .raster import check_geometry
+from .render import InputSpec, spec_of_checkpoint, to_model_input
 
 ONNX_FORMAT = 1  # version of the metadata layout below
 ONNX_KEYS = ("qdraw_format", "classes", "encoding", "image_size", "line_width", "margin", "data_kind", "arch",
@@ -39,7 +39,7 @@ class Classifier:
 
     path: Path
     info: dict
-    spec: RasterSpec
+    spec: InputSpec
     data_kind: str
     weights: str  # "raw" or "ema": which weights of the training run these are
     backend: str  # "torch" or "onnxruntime"
@@ -72,13 +72,14 @@ def torch_classifier(path: str | Path, device: torch.device, weights: str = "aut
             logits = model(to_model_input(x, device))
         return torch.softmax(logits.float(), 1).cpu().numpy()
 
-    info = {"classes": list(ckpt["classes"]), "encoding": ckpt["encoding"], "image_size": int(ckpt["image_size"]),
-            "arch": ckpt["arch"]}
-    kind = ckpt.get("data_kind") or ("raw" if ckpt["encoding"] == "time" else "simplified")
-    return Classifier(Path(path), info, raster_spec(ckpt), kind, choice, "torch", run)
+    spec = spec_of_checkpoint(ckpt)
+    info = {"classes": list(ckpt["classes"]), "encoding": spec.encoding, "image_size": spec.image_size,
+            "input": spec.to_dict(), "arch": ckpt["arch"]}
+    kind = ckpt.get("data_kind") or ("raw" if spec.needs_time else "simplified")
+    return Classifier(Path(path), info, spec, kind, choice, "torch", run)
 
 
-def onnx_info(meta: dict[str, str], path: str | Path) -> tuple[dict, RasterSpec, str, str]:
+def onnx_info(meta: dict[str, str], path: str | Path) -> tuple[dict, InputSpec, str, str]:
     """(info, raster spec, data kind, weights) from an exported file's metadata; CheckpointError when it lacks
     qdraw's fields or they do not hold together (the same checks a checkpoint's fields get)."""
     missing = [k for k in ONNX_KEYS if k not in meta]
@@ -96,8 +97,10 @@ def onnx_info(meta: dict[str, str], path: str | Path) -> tuple[dict, RasterSpec,
         raise CheckpointError(f"{path}: metadata 'classes' must be a non-empty JSON list of names")
     if meta["data_kind"] not in ("simplified", "raw"):
         raise CheckpointError(f"{path}: metadata 'data_kind' must be simplified or raw, got {meta['data_kind']!r}")
-    info = {"classes": classes, "encoding": meta["encoding"], "image_size": size, "arch": meta["arch"]}
-    return info, RasterSpec(meta["encoding"], size, width), meta["data_kind"], meta["weights"]
+    spec = InputSpec.raster(meta["encoding"], size, width)
+    info = {"classes": classes, "encoding": meta["encoding"], "image_size": size, "input": spec.to_dict(),
+            "arch": meta["arch"]}
+    return info, spec, meta["data_kind"], meta["weights"]
 
 
 def onnx_classifier(path: str | Path, weights: str = "auto", threads: int | None = None) -> Classifier:

@@ -11,13 +11,44 @@ The helpers below are pure functions of packed arrays (numpy, or numba for per-p
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
-from numba import njit
+from numba import njit, types
 
 ColorFn = Callable[[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray], np.ndarray]
 _ENCODINGS: dict[str, "Encoding"] = {}
+
+# The signature of a compiled colour kernel: (xy uint8 (P, 2), t int32 (P,) or empty, strokes int64, drawings int64,
+# out uint8 (P, C)) -> None. Compiled with this exact signature (:func:`color_kernel`), a kernel is a first-class
+# function the loaders' one-call-per-chunk producer (qdraw.render) can call, and numba can cache that producer on disk
+# for every encoding at once (a plain jitted function passed as an argument is typed by its identity: no cache).
+COLOR_SIG = types.void(types.Array(types.uint8, 2, "C"), types.Array(types.int32, 1, "C"),
+                       types.Array(types.int64, 1, "C"), types.Array(types.int64, 1, "C"),
+                       types.Array(types.uint8, 2, "C"))
+
+
+def color_kernel(fn: Callable) -> Callable:
+    """Decorator: compile fn(xy, t, strokes, drawings, out) as a colour kernel (COLOR_SIG, nogil, cached)."""
+    return njit(COLOR_SIG, cache=True, nogil=True)(fn)
+
+
+def kernel_colors(kernel: Callable, channels: int, needs_time: bool = False) -> ColorFn:
+    """The ``colors(xy, t, strokes, drawings)`` function of a colour kernel: uint8 (P, channels) per point;
+    ValueError when the kernel reads times and t is None or not one per point (it would read past them)."""
+
+    def colors(xy: np.ndarray, t: np.ndarray | None, strokes: np.ndarray, drawings: np.ndarray) -> np.ndarray:
+        if needs_time and (t is None or len(t) != len(xy)):
+            raise ValueError("this encoding needs stroke timing (raw data), one time per point")
+        out = np.empty((len(xy), channels), np.uint8)
+        # np.array(copy=False) would pass a read-only memory map through, which the signature does not accept
+        args = [np.require(a, dtype, "CW") for a, dtype in ((xy, np.uint8), (np.zeros(0, np.int32) if t is None
+                                                                               else t, np.int32),
+                                                           (strokes, np.int64), (drawings, np.int64))]
+        kernel(*args, out)
+        return out
+
+    return colors
 
 
 @dataclass(frozen=True)
@@ -32,6 +63,16 @@ class Encoding:
     channel_names: tuple[str, ...] = ()  # what each channel shows, for plots and logs
     # Draw the strokes of each drawing last to first, so the first stroke ends on top (see data_loader_rgb.THIRDS)
     reverse: bool = False
+    # The compiled colour kernel behind colors (COLOR_SIG), when there is one: then a loader thread draws a chunk of
+    # batches in one call that never takes the GIL (qdraw.render); without it batches go through colors() one by one.
+    kernel: Callable | None = field(default=None, compare=False)
+
+    @classmethod
+    def compiled(cls, name: str, channels: int, needs_time: bool, kernel: Callable, channel_names: tuple[str, ...] = (),
+                 reverse: bool = False) -> "Encoding":
+        """An encoding from a colour kernel (:func:`color_kernel`); its ``colors`` function calls the kernel."""
+        return cls(name, channels, needs_time, kernel_colors(kernel, channels, needs_time), channel_names, reverse,
+                   kernel)
 
 
 def register_encoding(enc: Encoding) -> Encoding:

@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .loader import to_model_input
 from .averaging import Ema
 from .distributed import all_gather_objects, all_reduce_sum, is_main_process
 from .metrics import map_at_k, top_k
+from .render import to_model_input
 from .schedule import set_lr
 
 

@@ -10,7 +10,7 @@ the very function that packs a file's rows, so a drawing is prepared as the mode
 - a model trained on raw strokes (every time encoding) gets raw strokes aligned and scaled (prepare's raw step),
   times kept; simplified strokes only when its encoding needs no time.
 
-Then qdraw.raster draws a batch of them with the model's encoding, size and line width. Nothing here does I/O.
+Then the model's render stage (qdraw.render) turns a batch of them into its input. Nothing here does I/O.
 """
 from __future__ import annotations
 
@@ -25,10 +25,9 @@ import cv2
 import numpy as np
 import orjson
 
-from .checkpoint import RasterSpec
-from .encoding import check_time, get_encoding
+from .batch import StrokeBatch
 from .pack import rows_to_block
-from .raster import rasterize
+from .render import InputSpec, make_render
 from .readers import Row
 from .simplify import simplify_drawing, to_google_lists
 from .store import Block, concat_blocks
@@ -93,11 +92,11 @@ def read_drawing(drawing: object, limits: Limits) -> list[np.ndarray]:
     return arrays
 
 
-def to_block(strokes: list[np.ndarray], data_kind: str, encoding: str) -> Block:
+def to_block(strokes: list[np.ndarray], data_kind: str, spec: InputSpec) -> Block:
     """The drawing packed as the model's training data was (module docstring): a one-drawing Block."""
     raw = strokes[0].shape[1] == 3
     try:
-        check_time(encoding, raw, "this drawing")
+        make_render(spec).check_data(raw, "this drawing")
     except ValueError as exc:
         raise RequestError(422, str(exc)) from None
     if raw and data_kind == "simplified":
@@ -110,11 +109,13 @@ def to_block(strokes: list[np.ndarray], data_kind: str, encoding: str) -> Block:
     return block
 
 
-def render(blocks: list[Block], spec: RasterSpec) -> np.ndarray:
-    """uint8 (B, C, S, S) images of the drawings, drawn as the model's loader draws them."""
+def render(blocks: list[Block], spec: InputSpec) -> np.ndarray:
+    """The model's input for the drawings, rendered as its loader renders them (qdraw.render): uint8 pictures
+    (B, C, S, S) or float32 point sequences (B, L, F)."""
     block = concat_blocks(blocks)
-    t = block.t if get_encoding(spec.encoding).needs_time else None  # as the loaders gather: with_time
-    return rasterize(block.xy, t, block.strokes, block.drawings, spec.encoding, spec.image_size, spec.line_width)
+    n = len(block)
+    batch = StrokeBatch(block.xy, block.t, block.strokes, block.drawings, np.full(n, -1, np.int64), np.arange(n))
+    return make_render(spec)(batch)
 
 
 def top_guesses(probs: np.ndarray, classes: list[str], k: int = 3) -> list[dict]:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .augment import Augment
 from .checkpoint import CheckpointError, load_checkpoint
 from .dataset import SplitDataset
 from .loader import create_loader
@@ -94,22 +95,27 @@ def open_input(source: str | Path, classes: list[str], split: str | None, stack:
 
 
 @torch.no_grad()
-def predict_probs(classify: Callable[[torch.Tensor], np.ndarray], ds: SplitDataset, batch_size: int, workers: int,
-                  tta: bool = False, progress: bool = True) -> tuple[np.ndarray, float]:
+def predict_probs(classify: Callable[[torch.Tensor], np.ndarray], ds: SplitDataset, render, batch_size: int,
+                  workers: int, tta: bool = False, progress: bool = True) -> tuple[np.ndarray, float]:
     """Softmax probabilities float32 (N, C) in dataset order (with tta, the mean with the mirrored drawings), and the
     throughput in drawings per second, all views included.
 
-    classify maps a uint8 (B, C, S, S) batch to float32 (B, C) probabilities: a qdraw.classifier.Classifier (torch
-    checkpoint or ONNX file), so both run on the very batches the loader draws.
+    classify maps a rendered batch (render: qdraw.render, from the model's InputSpec) to float32 (B, C)
+    probabilities: a qdraw.classifier.Classifier (torch checkpoint or ONNX file), so both run on the very batches the
+    loader draws. The mirrored view is the dataset with ``Augment(hflip=1.0)`` as its transform.
     """
-    views = [False, True] if tta else [False]
+    views = [None, Augment(hflip=1.0)] if tta else [None]
     total = np.zeros((len(ds), ds.store.num_classes), np.float64)
     t0 = time.perf_counter()
-    for flip in views:
-        ds.flip = flip
-        loader = create_loader(ds, batch_size, is_training=False, num_workers=workers)
-        out = [classify(x) for x, _ in tqdm(loader, desc="predict" + (" (flipped)" if flip else ""),
-                                            disable=not progress, unit="batch")]
-        total += np.concatenate(out) if out else 0.0
-    ds.flip = False
+    original = ds.transform
+    try:
+        for view in views:
+            ds.transform = view
+            loader = create_loader(ds, render, batch_size, is_training=False, num_workers=workers)
+            out = [classify(x) for x, _ in tqdm(loader, desc="predict" + (" (flipped)" if view else ""),
+                                                disable=not progress, unit="batch")]
+            loader.close()
+            total += np.concatenate(out) if out else 0.0
+    finally:
+        ds.transform = original
     return (total / len(views)).astype(np.float32), len(ds) / max(time.perf_counter() - t0, 1e-9)

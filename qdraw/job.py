@@ -31,9 +31,10 @@ from .averaging import Ema
 from .checkpoint import CHECKPOINT_VERSION, check_compatible, load_checkpoint, rng_state
 from .config import config_dict
 from .distributed import DistInfo, all_gather_objects, barrier
-from .encoding import get_encoding
+from .augment import Augment
 from .engine import StepOptions
 from .loader import create_loader
+from .render import InputSpec, RasterRender, PointsRender, make_render
 from .prepare import SYNTHETIC_DIR, ensure_synthetic
 from .schedule import CosineRestarts
 from .store import Store
@@ -48,6 +49,8 @@ class Job:
     """Everything main() needs for the loop: data and loaders, the raw model, its optimiser, EMA and schedule."""
 
     store: Store
+    spec: InputSpec
+    augment: Augment
     train_set: qdata.BalancedBlockDataset
     train_loader: object
     val_loader: object | None
@@ -91,15 +94,26 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _data(args: argparse.Namespace, info: DistInfo, workers: int) -> tuple[Store, qdata.BalancedBlockDataset, int]:
+def input_spec(args: argparse.Namespace, store: Store) -> InputSpec:
+    """What the model reads, from the flags: a picture in --encoding at --image-size."""
+    return InputSpec.raster(args.encoding, args.image_size, args.line_width)
+
+
+def augmentation(args: argparse.Namespace) -> Augment:
+    """The training transform: --augment's strengths, with the flip at probability 0.5 under --hflip."""
+    return Augment.from_config(args.augment, hflip=0.5 if args.hflip else 0.0)
+
+
+def _data(args: argparse.Namespace, info: DistInfo,
+          workers: int) -> tuple[Store, InputSpec, Augment, qdata.BalancedBlockDataset, int]:
     if args.data is None and info.is_main:
         ensure_synthetic(SYNTHETIC_DIR, workers=max(1, workers))
     barrier()  # the other ranks wait for rank 0 to prepare the synthetic default
     store = Store(args.data or SYNTHETIC_DIR)
-    train_set = qdata.BalancedBlockDataset(store, args.encoding, image_size=args.image_size,
-                                           line_width=args.line_width, samples_per_class=args.samples_per_class,
-                                           seed=args.seed, hflip=args.hflip, class_sampling=args.class_sampling,
-                                           pseudo_share=args.pseudo_share)
+    spec, augment = input_spec(args, store), augmentation(args)
+    train_set = qdata.BalancedBlockDataset(store, seed=args.seed, samples_per_class=args.samples_per_class,
+                                           class_sampling=args.class_sampling, pseudo_share=args.pseudo_share,
+                                           transform=augment)
     if train_set.pseudo_items and info.is_main:
         log.info("%d pseudo-labelled drawings an epoch (--pseudo-share %g) from %s/pseudo (%s)", train_set.pseudo_items,
                  args.pseudo_share, store.root, (store.pseudo_meta() or {}).get("source"))
@@ -107,26 +121,25 @@ def _data(args: argparse.Namespace, info: DistInfo, workers: int) -> tuple[Store
     if batch != args.batch_size and info.is_main:
         log.info("batch %d -> %d: an epoch of %d drawings gives at least %d steps (--min-steps-per-epoch)",
                  args.batch_size, batch, len(train_set), args.min_steps_per_epoch)
-    return store, train_set, batch
+    return store, spec, augment, train_set, batch
 
 
-def _loaders(args: argparse.Namespace, info: DistInfo, store: Store, train_set: qdata.BalancedBlockDataset,
-             batch: int, workers: int) -> tuple[object, object | None]:
+def _loaders(args: argparse.Namespace, info: DistInfo, store: Store, render: RasterRender | PointsRender,
+             train_set: qdata.BalancedBlockDataset, batch: int, workers: int) -> tuple[object, object | None]:
     """Training loader (sharded by rank through its sampler) and validation loader (split rank::world_size, no
     padding, so every drawing counts once; None when the store has no validation split)."""
     kw = dict(num_workers=workers, backend=args.loader, prefetch=args.prefetch)
-    train_loader = create_loader(train_set, batch, is_training=True, distributed=info.distributed, seed=args.seed,
-                                 **kw)
+    train_loader = create_loader(train_set, render, batch, is_training=True, distributed=info.distributed,
+                                 seed=args.seed, **kw)
     if len(train_loader) == 0:
         raise ValueError(f"--batch-size {batch} is larger than an epoch ({len(train_set)} drawings over "
                          f"{info.world_size} process(es))")
     if not any(store.val_blocks(c) for c in range(store.num_classes)):
         log.warning("%s has no validation split: no MAP@3, best.pth = last.pth", store.root)
         return train_loader, None
-    val_set = qdata.SplitDataset(store, "val", args.encoding, image_size=args.image_size,
-                                 line_width=args.line_width, max_per_class=args.val_per_class)
+    val_set = qdata.SplitDataset(store, "val", max_per_class=args.val_per_class)
     shard = range(info.rank, len(val_set), info.world_size) if info.distributed else None
-    return train_loader, create_loader(val_set, batch, is_training=False, indices=shard, **kw)
+    return train_loader, create_loader(val_set, render, batch, is_training=False, indices=shard, **kw)
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -154,12 +167,13 @@ def build_job(args: argparse.Namespace, info: DistInfo) -> Job:
     """Data, model (input channels from the encoding), optimiser, EMA and step options; bad settings raise
     ValueError (the CLI turns it into one error line)."""
     workers = cap_workers(args.workers)
-    store, train_set, batch = _data(args, info, workers)
-    train_loader, val_loader = _loaders(args, info, store, train_set, batch, workers)
-    in_chans = get_encoding(args.encoding).channels
+    store, spec, augment, train_set, batch = _data(args, info, workers)
+    render = make_render(spec)
+    train_loader, val_loader = _loaders(args, info, store, render, train_set, batch, workers)
+    in_chans = spec.channels
     model = create_model(args.model, store.num_classes, in_chans=in_chans, pretrained=args.pretrained)
     with torch.no_grad():  # a too-small --image-size fails here with the model's own message, not mid-epoch
-        model.eval()(torch.zeros(1, in_chans, args.image_size, args.image_size))
+        model.eval()(torch.zeros(render.batch_shape(1), dtype=torch.float32))
     cuda = info.device.type == "cuda"
     if args.sync_bn and info.distributed:
         if not cuda:
@@ -173,7 +187,8 @@ def build_job(args: argparse.Namespace, info: DistInfo) -> Job:
     opts = StepOptions(args.accum_steps, args.clip_grad, amp_dtype, scaler, channels_last, args.progress)
     lr = scaled_lr(args.lr, batch * args.accum_steps * info.world_size, args.lr_base_batch, args.opt)
     ema = Ema(model, args.ema_decay) if args.ema_decay else None
-    return Job(store, train_set, train_loader, val_loader, model, _optimizer(model, args, lr), opts, in_chans,
+    return Job(store, spec, augment, train_set, train_loader, val_loader, model, _optimizer(model, args, lr), opts,
+               in_chans,
                batch, lr, schedule(args, lr), ema)
 
 
@@ -183,7 +198,8 @@ def checkpoint_state(args: argparse.Namespace, job: Job, epoch: int, step: int, 
     state = {"version": CHECKPOINT_VERSION, "arch": args.model,
              "model_args": {"num_classes": job.store.num_classes, "in_chans": job.in_chans},
              "classes": list(job.store.classes), "num_classes": job.store.num_classes, "encoding": args.encoding,
-             "image_size": args.image_size, "line_width": job.train_set.line_width, "data_kind": job.store.kind,
+             "image_size": args.image_size, "line_width": make_render(job.spec).line_width,
+             "input": job.spec.to_dict(), "augment": job.augment.to_dict(), "data_kind": job.store.kind,
              "config": config_dict(args), "model": job.model.state_dict(), "optimizer": job.optimizer.state_dict(),
              "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch, "step": step,
              "best_metric": best, "data_seed": args.seed, "batch_size": job.batch_size, "lr": job.lr,
@@ -194,8 +210,7 @@ def checkpoint_state(args: argparse.Namespace, job: Job, epoch: int, step: int, 
 def resume(args: argparse.Namespace, job: Job, info: DistInfo) -> tuple[int, int, float, dict | None]:
     """Load --resume into model, optimiser, scaler and EMA; return (start epoch, global step, best metric, RNG)."""
     ckpt = load_checkpoint(args.resume)
-    check_compatible(ckpt, classes=job.store.classes, encoding=args.encoding, image_size=args.image_size,
-                     arch=args.model)
+    check_compatible(ckpt, classes=job.store.classes, spec=job.spec, arch=args.model)
     job.model.load_state_dict(ckpt["model"])
     job.optimizer.load_state_dict(ckpt["optimizer"])
     if job.opts.scaler is not None and ckpt.get("scaler"):

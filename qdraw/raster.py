@@ -8,8 +8,8 @@ Geometry (every drawing, every encoding), all integer or exactly rounded, so tes
       ``E / 255`` with ``E = size - 1 - 2 * margin``, and the drawing is centred on its bounding box, so pixel centres
       lie in ``[margin, size - 1 - margin]``. With ``c = xmin + xmax``:
       ``X = ((size - 1) * 255 + (2 * x - c) * E + 255) // 510`` (round half up), and likewise for y.
-      A horizontal flip mirrors x about the bounding-box centre (``2 * x - c`` changes sign), so a flipped drawing stays
-      centred.
+      (A horizontal flip is a stroke transform, qdraw.augment: x becomes ``c - x``, so a flipped drawing stays
+      centred and draws as the mirror image.)
     * The brush is a disc of diameter ``w = line_width``: offsets ``o`` in ``[-(w - 1) // 2, w // 2]`` with
       ``(2 o_x - m)^2 + (2 o_y - m)^2 <= w^2``, ``m`` the sum of the range ends (w=1: one pixel, w=2: 2x2, w=3: 3x3,
       w=4: 12 px, w=5: 21 px). It is stamped at every point of a stroke, first point first, so a one-point stroke (a
@@ -134,7 +134,7 @@ def _segment(out, b, x0, y0, x1, y1, colors, p, width, acc):
 
 
 @njit(**_KERNEL)
-def _draw_kernel(xy, strokes, drawings, colors, flips, width, margin, reverse, out):
+def _draw_kernel(xy, strokes, drawings, colors, width, margin, reverse, out):
     size = out.shape[3]
     ext = max(size - 1 - 2 * margin, 0)
     bx, by = _brush(width)
@@ -152,9 +152,8 @@ def _draw_kernel(xy, strokes, drawings, colors, flips, width, margin, reverse, o
             xmin, xmax = min(xmin, xy[p, 0]), max(xmax, xy[p, 0])
             ymin, ymax = min(ymin, xy[p, 1]), max(ymax, xy[p, 1])
         xsum, ysum = np.int64(xmin) + xmax, np.int64(ymin) + ymax
-        sign = -1 if flips[b] else 1
         for p in range(p0, p1):
-            px[p] = ((size - 1) * 255 + sign * (2 * np.int64(xy[p, 0]) - xsum) * ext + 255) // 510
+            px[p] = ((size - 1) * 255 + (2 * np.int64(xy[p, 0]) - xsum) * ext + 255) // 510
             py[p] = ((size - 1) * 255 + (2 * np.int64(xy[p, 1]) - ysum) * ext + 255) // 510
         for j in range(drawings[b], drawings[b + 1]):
             s = drawings[b] + drawings[b + 1] - 1 - j if reverse else j  # one branch per stroke, not per pixel
@@ -240,6 +239,7 @@ class Sources:
         self._t = List([_readonly(b.t if self.has_time else empty_t, np.int32) for b in blocks])
         self._strokes = List([_readonly(b.strokes, np.int64) for b in blocks])
         self._drawings = List([_readonly(b.drawings, np.int64) for b in blocks])
+        self.lists = (self._xy, self._t, self._strokes, self._drawings)  # what compiled callers index
 
     def gather(self, src: np.ndarray, idx: np.ndarray,
                with_time: bool = True) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
@@ -271,11 +271,11 @@ def check_packed(xy: np.ndarray, t: np.ndarray | None, strokes: np.ndarray, draw
 
 
 def draw(xy: np.ndarray, strokes: np.ndarray, drawings: np.ndarray, colors: np.ndarray, size: int = 128,
-         line_width: int | None = None, margin: int | None = None, flip: np.ndarray | None = None,
-         out: np.ndarray | None = None, reverse: bool = False) -> np.ndarray:
+         line_width: int | None = None, margin: int | None = None, out: np.ndarray | None = None,
+         reverse: bool = False) -> np.ndarray:
     """Draw packed drawings with per-point colours (P, C) uint8 into a uint8 array (B, C, size, size).
 
-    flip: optional bool (B,) mirroring drawing b horizontally. out: optional uint8 (B, C, size, size) to draw into
+    out: optional uint8 (B, C, size, size) to draw into
     (C-contiguous; overwritten, so it may come from np.empty/torch.empty). reverse: draw each drawing's strokes last
     to first (the first stroke on top).
     """
@@ -292,23 +292,20 @@ def draw(xy: np.ndarray, strokes: np.ndarray, drawings: np.ndarray, colors: np.n
     elif out.shape != (n, colors.shape[1], size, size) or out.dtype != np.uint8 or not out.flags.c_contiguous:
         raise ValueError(f"out must be C-contiguous uint8 {(n, colors.shape[1], size, size)}, "
                          f"got {out.dtype} {out.shape}")
-    flips = np.zeros(n, np.bool_) if flip is None else np.ascontiguousarray(flip, np.bool_)
-    if len(flips) != n:
-        raise ValueError(f"flip must have one entry per drawing ({n}), got {len(flips)}")
-    _draw_kernel(xy, strokes, drawings, colors, flips, line_width, margin, bool(reverse), out)
+    _draw_kernel(xy, strokes, drawings, colors, line_width, margin, bool(reverse), out)
     return out
 
 
 def rasterize(xy: np.ndarray, t: np.ndarray | None, strokes: np.ndarray, drawings: np.ndarray,
               encoding: str | Encoding, size: int = 128, line_width: int | None = None, margin: int | None = None,
-              flip: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
+              out: np.ndarray | None = None) -> np.ndarray:
     """Encode and draw a packed batch: uint8 (B, channels, size, size). See the module docstring for the geometry."""
     enc = get_encoding(encoding)
     check_time(enc, t is not None)
     xy, strokes, drawings = (np.ascontiguousarray(xy, np.uint8), np.ascontiguousarray(strokes, np.int64),
                              np.ascontiguousarray(drawings, np.int64))
     check_packed(xy, t, strokes, drawings)  # before the encoding's kernel indexes through the offsets
-    return draw(xy, strokes, drawings, enc.colors(xy, t, strokes, drawings), size, line_width, margin, flip, out,
+    return draw(xy, strokes, drawings, enc.colors(xy, t, strokes, drawings), size, line_width, margin, out,
                 enc.reverse)
 
 

@@ -52,7 +52,7 @@ class GuessModel:
         blocks = []
         for strokes, _ in items:
             try:
-                blocks.append(to_block(strokes, self.clf.data_kind, self.clf.spec.encoding))
+                blocks.append(to_block(strokes, self.clf.data_kind, self.clf.spec))
                 out.append({})
             except RequestError as exc:
                 out.append(exc)
@@ -62,7 +62,7 @@ class GuessModel:
             probs = self.clf(images)
             for j, i in enumerate(good):
                 out[i] = {"guesses": top_guesses(probs[j], self.clf.classes)}
-                if items[i][1]:
+                if items[i][1] and images.dtype == np.uint8:  # a picture model's input can be shown
                     out[i]["image"] = png_data_url(images[j])
         return out
 
@@ -121,8 +121,9 @@ def create_app(clf: Classifier, limits: Limits = Limits(), collect: str | Path |
 
     async def info(request: Request) -> Response:
         s = batcher.stats
-        return JSONResponse({"classes": clf.classes, "encoding": clf.spec.encoding, "image_size": clf.spec.image_size,
-                             "line_width": clf.spec.line_width, "data_kind": clf.data_kind, "arch": clf.info["arch"],
+        return JSONResponse({"classes": clf.classes, "input": clf.spec.to_dict(), "encoding": clf.spec.encoding,
+                             "image_size": clf.spec.image_size, "line_width": clf.spec.line_width,
+                             "data_kind": clf.data_kind, "arch": clf.info["arch"],
                              "backend": clf.backend, "collect": collect is not None,
                              "limits": {"max_body_bytes": limits.max_body_bytes, "max_points": limits.max_points},
                              "batches": {"count": s.batches, "items": s.items, "largest": s.largest}})

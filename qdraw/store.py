@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from numba import vectorize
+from numba import njit, vectorize
 
 from .atomic import atomic_write
 from .validate import FIELDS, StoreError, check_block, check_checksums, check_header
@@ -47,17 +47,31 @@ from .validate import FIELDS, StoreError, check_block, check_checksums, check_he
 FORMAT_VERSION = 1
 MAGIC = b"QDBLOCK1"
 _ALIGN = 64
+GAMMA = np.uint64(0x9E3779B97F4A7C15)  # splitmix64's increment (the golden ratio in 64 bits)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def mix(z: np.uint64) -> np.uint64:
+    """splitmix64's finaliser (wrapping uint64 arithmetic) of one value, for compiled code: the fixed hash behind the
+    validation split, the epoch plan, the flips and the stroke augmentations (qdraw.augment), so each is a pure
+    function of its inputs. ``mix(s), mix(s + GAMMA), mix(s + 2 GAMMA), ...`` is splitmix64's stream from state s."""
+    z = z + GAMMA
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def unit(h: np.uint64) -> float:
+    """A hash's top 53 bits as a float in [0, 1) (exact: a multiple of 2**-53)."""
+    return np.float64(h >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
 @vectorize(["uint64(uint64)"], cache=True, nopython=True)
 def splitmix64(z):
-    """splitmix64's finaliser (wrapping uint64 arithmetic) as a compiled numpy ufunc: a sixth of the numpy
-    expression's time on a batch's flips (1.2 vs 7.9 us for 256 items, measured), which run on the loaders' hot path
-    holding the GIL; :func:`mix64` is the entry point that takes any integer array."""
-    z = z + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+    """:func:`mix` as a compiled numpy ufunc: a sixth of the numpy expression's time on a batch (1.2 vs 7.9 us for
+    256 items, measured); :func:`mix64` is the entry point that takes any integer array."""
+    return mix(z)
 
 
 def mix64(z: np.ndarray) -> np.ndarray:

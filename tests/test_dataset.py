@@ -1,5 +1,6 @@
 """Datasets and loaders over tiny hand-made stores: balanced epochs of one block per class, reproducibility,
-resuming, DDP sharding, the fixed splits, and a real-data store prepared from ../shared when it is there.
+resuming, DDP sharding, the fixed splits, the StrokeBatch protocol and the render stage, and a real-data store
+prepared from ../shared when it is there.
 
 Each hand-made drawing is dots only, drawn 1 px wide at 64 px: two corner dots fix the bounding box, block b adds
 b + 1 dots on the top row and one dot marks the item, so an image's ink count is b + 4 whatever the flip: the block
@@ -17,10 +18,12 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from qdraw.store import Store
-from qdraw.dataset import BalancedBlockDataset, SplitDataset, epoch_plan, flip_bits
-from qdraw.loader import create_loader, to_model_input
+from qdraw.augment import Augment, flip_bits
+from qdraw.batch import StrokeBatch
+from qdraw.dataset import BalancedBlockDataset, SplitDataset, epoch_plan
+from qdraw.loader import create_loader
 from qdraw.raster import rasterize
+from qdraw.render import InputSpec, make_render, to_model_input
 from qdraw.store import FORMAT_VERSION, Block, Store, StoreError, make_block, read_block, write_block
 
 SIZES = [[6, 6, 3], [6, 2], [7]]  # training blocks per class; default samples_per_class = min(6, 6, 7) = 6
@@ -63,20 +66,37 @@ def store(tmp_path: Path) -> Store:
     return make_store(tmp_path / "st")
 
 
-def dataset(store: Store, **kw) -> BalancedBlockDataset:
-    return BalancedBlockDataset(store, "rgb", image_size=64, line_width=1, **kw)
+RGB64 = make_render(InputSpec.raster("rgb", 64, 1))
+
+
+def dataset(store: Store, hflip: bool = True, **kw) -> BalancedBlockDataset:
+    return BalancedBlockDataset(store, transform=Augment(hflip=0.5) if hflip else None, **kw)
+
+
+def images(ds, indices, epoch: int | None = None, render=RGB64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Items rendered through the protocol: ds.batch (a StrokeBatch) then the render stage."""
+    batch = ds.batch(indices, epoch)
+    return torch.from_numpy(render(batch)), torch.from_numpy(batch.labels)
+
+
+def mirrored(xy: np.ndarray) -> np.ndarray:
+    """The points mirrored about their bounding box: x' = xmin + xmax - x."""
+    out = xy.astype(np.int64)
+    out[:, 0] = out[:, 0].min() + out[:, 0].max() - out[:, 0]
+    return out.astype(np.uint8)
 
 
 def expected(ds: BalancedBlockDataset, indices: list[int]) -> torch.Tensor:
-    """The images of items indices, rasterised directly from the epoch plan (independent of the dataset's path)."""
+    """The images of items indices, rasterised directly from the epoch plan with the flip coin (flip_bits) applied
+    by hand (independent of the dataset's, the augment's and the loader's paths)."""
     blocks, picks = ds.plan()
     out = []
     for i in indices:
         c = int(np.searchsorted(ds.class_offsets, i, side="right")) - 1  # class_offsets: multiples of samples_per_class
         j = i - int(ds.class_offsets[c])  # when balanced, so (c, j) = divmod(i, samples_per_class)
         b = read_block(ds.store.train_blocks(c)[blocks[c]]).select([picks[c, j]])
-        flip = flip_bits(ds.seed, ds.epoch, np.array([i])) if ds.hflip else None
-        out.append(rasterize(b.xy, b.t, b.strokes, b.drawings, "rgb", 64, 1, None, flip)[0])
+        flip = ds.transform is not None and flip_bits(ds.seed, ds.epoch, np.array([i]))[0]
+        out.append(rasterize(mirrored(b.xy) if flip else b.xy, b.t, b.strokes, b.drawings, "rgb", 64, 1)[0])
     return torch.from_numpy(np.stack(out))
 
 
@@ -89,7 +109,7 @@ def test_epoch_plan():
     blocks, picks = epoch_plan(SIZES, 6, seed=0, epoch=3)
     again = epoch_plan(SIZES, 6, seed=0, epoch=3)
     assert (blocks == again[0]).all() and (picks == again[1]).all()
-    assert picks.shape == (3, 6) and picks.dtype == np.int32
+    assert picks.shape == (3, 6) and picks.dtype == np.int64
     for c, sizes in enumerate(SIZES):
         n = sizes[blocks[c]]
         counts = np.bincount(picks[c], minlength=n)
@@ -104,23 +124,25 @@ def test_items_match_direct_rasterisation(store):
     ds = dataset(store, seed=2)
     assert len(ds) == 18 and ds.samples_per_class == 6
     ds.set_epoch(1)
-    x, y = ds.__getitems__(list(range(18)))
+    batch = ds.__getitems__(list(range(18)))
+    assert isinstance(batch, StrokeBatch) and batch.keys.tolist() == list(range(18)) and batch.t is None
+    assert batch.labels.dtype == np.int64 and batch.labels.tolist() == [0] * 6 + [1] * 6 + [2] * 6
+    x, y = images(ds, list(range(18)))
     assert x.dtype == torch.uint8 and x.shape == (18, 3, 64, 64)
-    assert y.dtype == torch.int64 and y.tolist() == [0] * 6 + [1] * 6 + [2] * 6
     assert torch.equal(x, expected(ds, list(range(18))))
-    item, label = ds[7]
-    assert torch.equal(item, x[7]) and label == 1
-    copy = pickle.loads(pickle.dumps(ds))  # what a spawned worker gets: no maps, no plan, same items
-    assert copy._sources is None and copy._plan is None and torch.equal(copy.__getitems__([3, 17])[0], x[[3, 17]])
+    one = ds[7]
+    assert torch.equal(torch.from_numpy(RGB64(one))[0], x[7]) and one.labels.tolist() == [1] and len(one) == 1
+    copy = pickle.loads(pickle.dumps(ds))  # what a spawned worker gets: no maps, no caches, same items
+    assert not copy._blocks and not copy._locators and torch.equal(images(copy, [3, 17])[0], x[[3, 17]])
     assert flip_bits(2, 1, np.arange(18)).any() and not flip_bits(2, 1, np.arange(18)).all()
     for bad in ([18], [0, -1], [3, 2**40]):
         with pytest.raises(IndexError, match="index out of range for a dataset of 18"):
-            ds.__getitems__(bad)
+            ds.batch(bad)
 
 
 def test_two_workers_one_block_per_class(store):
     ds = dataset(store, seed=1)
-    loader = create_loader(ds, 6, is_training=True, num_workers=2, seed=1)
+    loader = create_loader(ds, RGB64, 6, is_training=True, num_workers=2, seed=1)
     for epoch in (0, 1, 2):
         batches = epoch_batches(loader, epoch)
         x = torch.cat([b[0] for b in batches])
@@ -138,13 +160,13 @@ def test_two_workers_one_block_per_class(store):
 
 
 def test_same_seed_same_batches_and_resume(store):
-    a = create_loader(dataset(store, seed=3), 6, True, num_workers=2, seed=3)
+    a = create_loader(dataset(store, seed=3), RGB64, 6, True, num_workers=2, seed=3)
     runs = [epoch_batches(a, e) for e in range(3)]
-    b = create_loader(dataset(store, seed=3), 6, True, num_workers=0, seed=3)
+    b = create_loader(dataset(store, seed=3), RGB64, 6, True, num_workers=0, seed=3)
     resumed = epoch_batches(b, 2)  # set_epoch(2) straight away equals reaching epoch 2
     assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(runs[2], resumed))
     assert not all(torch.equal(p[0], q[0]) for p, q in zip(runs[1], runs[2]))
-    other = epoch_batches(create_loader(dataset(store, seed=4), 6, True, num_workers=0, seed=4), 2)
+    other = epoch_batches(create_loader(dataset(store, seed=4), RGB64, 6, True, num_workers=0, seed=4), 2)
     assert not all(torch.equal(p[0], q[0]) for p, q in zip(other, resumed))
 
 
@@ -156,13 +178,13 @@ def test_distributed_shards_agree(store, tmp_path):
         sampler.set_epoch(4)
         ds.set_epoch(4)
         idx = list(sampler)
-        x, y = ds.__getitems__(idx)
+        x, y = images(ds, idx)
         assert torch.equal(x, expected(ds, idx))
         seen.append(idx)
     assert sorted(seen[0] + seen[1]) == list(range(18))
     torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
     try:
-        loader = create_loader(dataset(store), 6, True, num_workers=0, distributed=True)
+        loader = create_loader(dataset(store), RGB64, 6, True, num_workers=0, distributed=True)
         assert isinstance(loader.sampler, DistributedSampler) and len(loader) == 3
         assert sum(len(y) for _, y in epoch_batches(loader, 0)) == 18
     finally:
@@ -176,44 +198,50 @@ def test_samples_per_class_above_block_size(store):
     for c in range(3):
         n = SIZES[c][blocks[c]]
         assert set(picks[c].tolist()) == set(range(n))  # whole block used, then repeated
-    x, _ = ds.__getitems__(list(range(60)))
+    x, _ = images(ds, list(range(60)))
     assert torch.equal(x, expected(ds, list(range(60))))
 
 
 def test_split_datasets(store):
-    val = SplitDataset(store, "val", "rgb", image_size=64, line_width=1)
+    val = SplitDataset(store, "val")
     assert len(val) == 5 and val.labels.tolist() == [0, 0, 0, 2, 2]
     assert val.key_ids.tolist() == [4000, 4001, 4002, 204000, 204001]
-    x, y = val.__getitems__([0, 4])
+    x, y = images(val, [0, 4])
     assert y.tolist() == [0, 2] and x.shape == (2, 3, 64, 64)
     blk = read_block(store.val_blocks(2)[0])
     assert torch.equal(x[1], torch.from_numpy(rasterize(blk.xy, None, blk.strokes, blk.drawings, "rgb", 64, 1)[1]))
-    flipped = SplitDataset(store, "val", "rgb", image_size=64, line_width=1, flip=True)[4][0]
-    assert torch.equal(flipped, torch.from_numpy(
-        rasterize(blk.xy, None, blk.strokes, blk.drawings, "rgb", 64, 1, flip=np.array([True, True]))[1]))
-    capped = SplitDataset(store, "val", "grey", image_size=64, max_per_class=1)
-    assert capped.labels.tolist() == [0, 2] and capped.key_ids.tolist() == [4000, 204000] and capped[1][0].shape[0] == 1
-    test = SplitDataset(store, "test", "rgb", image_size=64)
+    tta = SplitDataset(store, "val", transform=Augment(hflip=1.0))  # the test-time flip: every drawing mirrored
+    second = blk.select([1])
+    assert torch.equal(images(tta, [4])[0][0], torch.from_numpy(
+        rasterize(mirrored(second.xy), None, second.strokes, second.drawings, "rgb", 64, 1)[0]))
+    capped = SplitDataset(store, "val", max_per_class=1)
+    grey = make_render(InputSpec.raster("grey", 64))
+    assert capped.labels.tolist() == [0, 2] and capped.key_ids.tolist() == [4000, 204000]
+    assert images(capped, [1], render=grey)[0].shape == (1, 1, 64, 64)
+    test = SplitDataset(store, "test")
     assert len(test) == 5 and (test.labels == -1).all()
-    xs, ys = next(iter(create_loader(test, 4, is_training=False, num_workers=0)))
+    xs, ys = next(iter(create_loader(test, RGB64, 4, is_training=False, num_workers=0)))
     assert ys.tolist() == [-1] * 4 and xs.shape == (4, 3, 64, 64)
     with pytest.raises(ValueError, match="split"):
-        SplitDataset(store, "train", "rgb")
+        SplitDataset(store, "train")
 
 
 def test_time_encoding_needs_raw(store, tmp_path):
+    time64 = make_render(InputSpec.raster("time", 64, 1))
     with pytest.raises(ValueError, match="simplified"):
-        BalancedBlockDataset(store, "time")
+        create_loader(dataset(store), time64, 4, True, 0)
     with pytest.raises(ValueError, match="simplified"):
-        SplitDataset(store, "val", "time")
+        create_loader(SplitDataset(store, "val"), time64, 4, False, 0)
     raw = make_store(tmp_path / "raw", raw=True, test=False)
-    ds = BalancedBlockDataset(raw, "time", image_size=64, line_width=1)
-    x, _ = ds.__getitems__([0, 1])
+    ds = BalancedBlockDataset(raw)
+    one = ds.batch([0])
+    assert one.t.tolist() == [100 * j for j in range(len(one.xy))] and len(one.xy) >= 5  # raw: times carried
+    x, _ = next(iter(create_loader(ds, time64, 2, True, 0)))
     assert x.shape == (2, 3, 64, 64) and x.min() == 0 and x.max() == 255
     # rgb on a raw store ignores t: the same images as the simplified store's
-    assert torch.equal(BalancedBlockDataset(raw, "rgb", 64, 1)[5][0], dataset(store)[5][0])
+    assert torch.equal(images(BalancedBlockDataset(raw), [5])[0], images(dataset(store, hflip=False), [5])[0])
     with pytest.raises(ValueError, match="no test split"):
-        SplitDataset(raw, "test", "rgb")
+        SplitDataset(raw, "test")
 
 
 def test_to_model_input():
@@ -239,10 +267,10 @@ def real_store(tmp_path_factory, shared_data: Path) -> Store:
 
 @pytest.mark.slow
 def test_real_store_loader(real_store):
-    ds = BalancedBlockDataset(real_store, "rgb", image_size=64, seed=0)
+    ds = BalancedBlockDataset(real_store, seed=0, transform=Augment(hflip=0.5))
     sizes = real_store.block_sizes()
     assert ds.samples_per_class == min(max(s) for s in sizes.values()) and len(ds) == 3 * ds.samples_per_class
-    loader = create_loader(ds, 40, is_training=True, num_workers=2, seed=0)
+    loader = create_loader(ds, make_render(InputSpec.raster("rgb", 64)), 40, is_training=True, num_workers=2, seed=0)
     batches = epoch_batches(loader, 1)
     x = torch.cat([b[0] for b in batches])
     y = torch.cat([b[1] for b in batches])
@@ -257,9 +285,9 @@ def test_real_store_loader(real_store):
     for k, i in enumerate(first):
         c, j = divmod(i, ds.samples_per_class)
         b = read_block(real_store.train_blocks(c)[blocks[c]]).select([picks[c, j]])
-        want = rasterize(b.xy, None, b.strokes, b.drawings, "rgb", 64, None, None, flip_bits(0, 1, np.array([i])))
-        assert torch.equal(x[k], torch.from_numpy(want[0]))
-    val = SplitDataset(real_store, "val", "rgb", image_size=64)
+        xy = mirrored(b.xy) if flip_bits(0, 1, np.array([i]))[0] else b.xy
+        assert torch.equal(x[k], torch.from_numpy(rasterize(xy, None, b.strokes, b.drawings, "rgb", 64)[0]))
+    val = SplitDataset(real_store, "val")
     assert sorted(set(val.labels.tolist())) == [0, 1, 2] and len(val) == sum(
         len(read_block(p)) for c in range(3) for p in real_store.val_blocks(c))
 
@@ -274,7 +302,7 @@ def test_bad_stores_and_arguments(store):
     with pytest.raises(StoreError, match="meta.json"):
         for epoch in range(20):  # until class 1 draws its second block
             ds.set_epoch(epoch)
-            ds[0]
+            ds.batch([0])
     meta["train_block_sizes"]["1"] = []
     (store.root / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="no training drawings for class"):
@@ -285,10 +313,10 @@ def test_bad_stores_and_arguments(store):
 def test_threads_give_the_process_loaders_batches(store, is_training):
     """The threaded loader (0, 1 or 2 threads, any prefetch, batches held or dropped) yields exactly the batches of
     torch's DataLoader with worker processes, in the same order, for a given seed and epoch."""
-    ds = dataset(store, seed=5) if is_training else SplitDataset(store, "val", "rgb", image_size=64, line_width=1)
-    ref = create_loader(ds, 4, is_training, num_workers=2, seed=5, backend="processes")
-    for threads, prefetch in ((1, None), (2, 1), (2, 5), (0, None)):
-        loader = create_loader(ds, 4, is_training, num_workers=threads, seed=5, prefetch=prefetch)
+    ds = dataset(store, seed=5) if is_training else SplitDataset(store, "val")
+    ref = create_loader(ds, RGB64, 4, is_training, num_workers=2, seed=5, backend="processes")
+    for threads, prefetch, chunk in ((1, None, None), (2, 1, 1), (2, 5, 2), (0, None, 3)):
+        loader = create_loader(ds, RGB64, 4, is_training, num_workers=threads, seed=5, prefetch=prefetch, chunk=chunk)
         for epoch in (0, 3):
             want, got = epoch_batches(ref, epoch), epoch_batches(loader, epoch)
             assert len(got) == len(want) == len(loader) and len(got) > 1
@@ -297,16 +325,16 @@ def test_threads_give_the_process_loaders_batches(store, is_training):
             held = [(x, y) for x, y in loader]  # kept without copying: no buffer may be drawn into again
             for (xa, ya), (xb, yb) in zip(got, held):
                 assert torch.equal(xa, xb) and torch.equal(ya, yb)
-        assert len(loader._buffers.arrays) <= loader.prefetch + 3  # dropped batches' arrays were reused
+        assert len(loader._buffers.pairs) <= loader.prefetch // loader.chunk + 3  # dropped chunks were reused
 
 
 def test_thread_loader_shard_and_errors(store, tmp_path):
     """An evaluation shard by indices equals the same items drawn directly; a damaged block met in a loader thread
     is raised in the consumer with its own one-line message."""
-    val = SplitDataset(store, "val", "rgb", image_size=64, line_width=1)
+    val = SplitDataset(store, "val")
     shard = range(1, len(val), 2)
-    got = [x.clone() for x, _ in create_loader(val, 2, False, num_workers=2, indices=shard)]
-    assert torch.equal(torch.cat(got), val.__getitems__(list(shard))[0])
+    got = [x.clone() for x, _ in create_loader(val, RGB64, 2, False, num_workers=2, indices=shard)]
+    assert torch.equal(torch.cat(got), images(val, list(shard))[0])
     bad = tmp_path / "bad"
     make_store(bad)
     path = bad / "classes" / "001" / "train_0000.qdb"
@@ -314,7 +342,7 @@ def test_thread_loader_shard_and_errors(store, tmp_path):
     hlen = int.from_bytes(data[8:16], "little")
     data[16 + hlen + json.loads(bytes(data[16:16 + hlen]))["arrays"]["xy"]["offset"]] ^= 0xFF  # a point's x
     path.write_bytes(bytes(data))
-    loader = create_loader(dataset(Store(bad)), 4, True, num_workers=2)
+    loader = create_loader(dataset(Store(bad)), RGB64, 4, True, num_workers=2)
     with pytest.raises(StoreError, match="train_0000.qdb"):
         for epoch in range(6):  # some epoch picks the damaged block of class 1
             epoch_batches(loader, epoch)
@@ -326,7 +354,7 @@ def test_natural_sampling_takes_every_class_at_its_size(store):
     ds = dataset(store, class_sampling="natural", hflip=False)
     assert len(ds) == 6 + 6 + 7 and ds.class_offsets.tolist() == [0, 6, 12, 19]
     ds.set_epoch(2)
-    x, y = ds.__getitems__(list(range(len(ds))))
+    x, y = images(ds, list(range(len(ds))))
     assert y.tolist() == [0] * 6 + [1] * 6 + [2] * 7
     blocks, picks = ds.plan(2)
     assert sorted(picks[2, :7].tolist()) == list(range(7))  # class 2's one block of 7, every drawing once
@@ -345,10 +373,12 @@ def test_bench_raster_draws_the_loaders_epoch(raw_store, capsys):
     p = argparse.ArgumentParser()
     bench_raster.add_args(p)
     args = p.parse_args(["--data", str(raw_store), "--size", "64", "--drawings", "160", "--baseline-drawings", "8",
-                         "--threads", "1,2", "--workers", "0", "--min-seconds", "0"])
+                         "--batch-size", "16", "--threads", "1,2", "--workers", "0", "--min-seconds", "0.2", "--cycle-threads", "2",
+                         "--probes", "1", "--probe-seconds", "0.2"])
     bench_raster.run(args)
     out = capsys.readouterr().out
-    for label in ("raster_rgb_64 ", "pil_rgb_64 ", "loader_rgb_64_t1 ", "loader_rgb_64_t2 ", "loader_rgb_64_w0 "):
+    for label in ("raster_rgb_64 ", "pil_rgb_64 ", "loader_rgb_64_t1 ", "loader_rgb_64_t2 ", "loader_rgb_64_w0 ",
+                  "loader_cycle_over_repeat_t2 ", "gil_torch_t1 consumer_keep ", "gil_python_t1 consumer_keep "):
         assert label in out, out
     ds = bench_raster._dataset(Store(raw_store), args)
     _, src, idx = bench_raster._epoch_items(ds, 0)

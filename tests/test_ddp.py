@@ -40,6 +40,7 @@ from common import ROOT
 from qdraw.dataset import BalancedBlockDataset
 from qdraw.distributed import broadcast_buffers
 from qdraw.logs import read_summary
+from qdraw.render import InputSpec, make_render
 from qdraw.engine import StepOptions, train_one_epoch
 from qdraw.job import weights_checksum
 from qdraw.zoo import create_model
@@ -109,8 +110,9 @@ def _train(tmp: Path, name: str, world: int, accum: int, frozen: bool, images, l
 @pytest.fixture(scope="module")
 def drawings(raw_store):
     """STEPS global batches of 2B real-path images (the store's rgb rendering at 32 px) and their labels."""
-    data = BalancedBlockDataset(raw_store, "rgb", image_size=SIZE, seed=0)
-    images, labels = data.__getitems__(list(range(STEPS * 2 * B)))
+    batch = BalancedBlockDataset(raw_store, seed=0).batch(list(range(STEPS * 2 * B)), epoch=0)
+    images = torch.from_numpy(make_render(InputSpec.raster("rgb", SIZE)).__call__(batch))
+    labels = torch.from_numpy(batch.labels)
     perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))  # mix classes within a batch
     images = images[perm].view(STEPS, 2 * B, 3, SIZE, SIZE)  # uint8: train_one_epoch normalises on the device
     return images, labels[perm].view(STEPS, 2 * B)

@@ -11,10 +11,12 @@ import pytest
 import torch
 
 import models
+from qdraw.augment import Augment
 from qdraw.checkpoint import CHECKPOINT_VERSION, save_checkpoint
 from qdraw.dataset import SplitDataset
 from qdraw.predictions import read_labels, read_predictions
 from qdraw.prepare import PrepareOptions, prepare_input
+from qdraw.render import InputSpec, make_render
 from qdraw.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,8 +47,8 @@ def _predict(tmp: Path, *args: str) -> str:
 
 
 def _reference(model, store, flip: bool) -> np.ndarray:
-    ds = SplitDataset(store, "test", "rgb", image_size=64, flip=flip)
-    x, _ = ds.__getitems__(list(range(len(ds))))
+    ds = SplitDataset(store, "test", transform=Augment(hflip=1.0) if flip else None)
+    x = torch.from_numpy(make_render(InputSpec.raster("rgb", 64))(ds.batch(list(range(len(ds))))))
     with torch.no_grad():
         return torch.softmax(model(x.float() / 255), 1).numpy()
 
@@ -55,7 +57,7 @@ def test_outputs_and_tta_arithmetic(setup):
     tmp, store, model = setup
     out = _predict(tmp, "--input", str(tmp / "store"), "--output", "p.csv", "--submission", "s.csv",
                    "--labels-output", "l.csv", "--tta")
-    ds = SplitDataset(store, "test", "rgb", image_size=64)
+    ds = SplitDataset(store, "test")
     pred = read_predictions(tmp / "p.csv")
     assert pred.classes == store.classes and np.array_equal(pred.key_ids, ds.key_ids)
     expected = (_reference(model, store, False) + _reference(model, store, True)) / 2

@@ -72,7 +72,7 @@ def test_pseudo_label_writes_a_marked_source_outside_validation(store_with_test,
     meta = store.pseudo_meta()
     assert meta["drawings"] == 29 and meta["threshold"] == 0.8 and meta["label_accuracy"] == 1.0
     assert not (root / "pseudo").exists()  # the input store is left alone
-    val_keys = SplitDataset(store, "val", "grey", 32).key_ids
+    val_keys = SplitDataset(store, "val").key_ids
     for c in range(store.num_classes):
         (path,) = store.pseudo_blocks(c)
         block = store.read_block(path)  # validated on open: label_is = c
@@ -95,18 +95,18 @@ def test_pseudo_blocks_survive_a_prepare_rerun_and_reach_training(store_with_tes
     store = Store(root)
     assert store.pseudo_block_sizes() == before and store.verify()[1] == []
 
-    ds = BalancedBlockDataset(store, "grey", 32, samples_per_class=8, pseudo_share=0.25)
+    ds = BalancedBlockDataset(store, samples_per_class=8, pseudo_share=0.25)
     assert ds.pseudo_items == 16 and len(ds) == 48 + 16  # 0.25 / 0.75 * 48
     idx = list(range(len(ds)))
     mark = ds.is_pseudo(idx)
     assert mark.sum() == 16 and mark[48:].all()
     item_keys = ds.item_keys(idx, epoch=0)
     assert np.isin(item_keys[mark], keys).all() and not np.isin(item_keys[~mark], keys).any()
-    assert not np.isin(item_keys[mark], SplitDataset(store, "val", "grey", 32).key_ids).any()
-    images, labels = ds.__getitems__(idx, epoch=0)
+    assert not np.isin(item_keys[mark], SplitDataset(store, "val").key_ids).any()
+    labels = ds.batch(idx, epoch=0).labels
     top1 = dict(zip(keys.tolist(), _preds(root, keys, tmp_path / "again.csv").tolist()))
     assert labels[mark].tolist() == [top1[k] for k in item_keys[mark].tolist()]  # the pseudo-labels
-    plain = BalancedBlockDataset(store, "grey", 32, samples_per_class=8)
+    plain = BalancedBlockDataset(store, samples_per_class=8)
     np.testing.assert_array_equal(plain.item_keys(list(range(48)), epoch=0), item_keys[:48])  # classes unchanged
 
     run_train(train_argv(root, tmp_path / "run", "--pseudo-share", "0.25", "--epochs", "1"))
@@ -117,7 +117,7 @@ def test_pseudo_blocks_survive_a_prepare_rerun_and_reach_training(store_with_tes
 def test_pseudo_errors(store_with_test, tmp_path: Path, raw_store: Path) -> None:
     root, keys = store_with_test
     with pytest.raises(ValueError, match="no pseudo-labelled drawings"):
-        BalancedBlockDataset(Store(root), "grey", 32, pseudo_share=0.2)
+        BalancedBlockDataset(Store(root), pseudo_share=0.2)
     write_predictions(tmp_path / "bad.csv", keys[:3] + 7, np.full((3, 6), 1 / 6), Store(root).classes)
     with pytest.raises(SystemExit, match="error: 3 key_ids of the prediction file are not in"):
         pseudo_label.main(pseudo_label.parse_args(["--preds", str(tmp_path / "bad.csv"), "--input", str(root),

@@ -27,6 +27,7 @@ from qdraw.dataset import SplitDataset
 from qdraw.microbatch import MicroBatcher
 from qdraw.prepare import PrepareOptions, prepare
 from qdraw.readers import read_ndjson
+from qdraw.render import InputSpec, make_render
 from qdraw.serving import create_app
 from qdraw.simplify import simplify_drawing, to_google_lists
 from qdraw.strokes import to_arrays
@@ -91,8 +92,8 @@ def _store_images(tmp: Path, drawing: list, kind: str, encoding: str) -> np.ndar
     rec = {"word": "circle", "countrycode": "US", "recognized": True, "key_id": "1", "drawing": drawing}
     (src / "circle.ndjson").write_bytes(orjson.dumps(rec) + b"\n")
     prepare(PrepareOptions(output=str(tmp / f"st_{kind}"), val_every=1, workers=1), src)
-    x, _ = SplitDataset(tmp / f"st_{kind}", "val", encoding, image_size=32).__getitems__([0])
-    return x.numpy()[0]
+    batch = SplitDataset(tmp / f"st_{kind}", "val").batch([0])
+    return make_render(InputSpec.raster(encoding, 32))(batch)[0]
 
 
 @pytest.mark.parametrize("encoding", ["rgb", "time"])
