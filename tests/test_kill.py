@@ -135,8 +135,8 @@ def _while_writing(folder: Path, *names: str, delay: float = 0.0) -> Callable[[]
 # MobileNetV2 at 32 px: 27 MB checkpoints (a save takes long enough to be caught), and the best epoch changes
 # (epochs 0, 2 and 3 are best, 1 is not), so both orders of writing best.pth and last.pth are killed into.
 TRAIN_ARGS = ["--model", "mobilenetv2", "--image-size", "32", "--batch-size", "16", "--samples-per-class", "16",
-              "--epochs", "4", "--workers", "0", "--lr", "3e-3", "--period", "2", "--warmup-epochs", "0.5",
-              "--no-progress", "--no-tensorboard", "--deterministic", "--device", "cpu"]
+              "--epochs", "4", "--workers", "2", "--lr", "3e-3", "--period", "2", "--warmup-epochs", "0.5",
+              "--augment", "strong", "--no-progress", "--no-tensorboard", "--deterministic", "--device", "cpu"]
 # Summary columns that a rerun must reproduce exactly (the others are timings).
 EXACT_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_loss", "val_top1", "val_top3", "val_map3")
 
@@ -160,7 +160,8 @@ def _check_run_folder(out: Path) -> None:
 def test_train_killed_anywhere_then_resumed_is_identical(small_store, tmp_path):
     """SIGKILL train.py during start-up, while a checkpoint is being written (twice) and mid-epoch; rerun each time
     (--resume OUTPUT/last.pth when it exists, else fresh). The final checkpoints and summary equal an uninterrupted
-    run's, bit for bit."""
+    run's, bit for bit: with two loader threads and strong stroke augmentation, whose draws hash (seed, epoch,
+    item) and never depend on where a run was cut."""
     argv = [str(ROOT / "train.py"), "--data", str(small_store), *TRAIN_ARGS]
     ref, out = tmp_path / "ref", tmp_path / "killed"
     assert _run_until([*argv, "--output", str(ref)], tmp_path, lambda t: False) == 0
