@@ -5,6 +5,11 @@ the composite of a 3-channel encoding is shown as RGB, each channel as grey leve
 
     python visualize.py --data data/kaggle_simplified --output grid.png
     python visualize.py --data data/raw --encodings grey,rgb,time --n 8 --size 128 --output grid.png
+    python visualize.py --data data/kaggle_simplified --augment strong --samples 6 --output augmented.png
+
+With --augment (a preset of qdraw/augment.py or name=value strengths, as train.py takes them) the grid shows each
+drawing in the first encoding, then --samples augmented versions of it: the draws of epochs 0, 1, ... of a run
+seeded --seed, exactly as the training loader would augment that item.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import numpy as np
 import data_loader_rgb  # noqa: F401  (registers grey, rgb)
 import data_loader_time  # noqa: F401  (registers time)
 from qdraw.atomic import atomic_write
+from qdraw.augment import Augment, augment_arrays, parse_augment
 from qdraw.encoding import Encoding, check_time, get_encoding
 from qdraw.raster import check_geometry, rasterize
 from qdraw.store import Block, Store, concat_blocks
@@ -33,7 +39,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--line-width", type=int, default=None, help="line width in px (default round(3 * size / 128))")
     p.add_argument("--split", choices=["train", "val", "test"], default="val",
                    help="where to take drawings from (default val; train when the store has no validation split)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the drawing choice (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the drawing choice and of the augmentation (default 0)")
+    p.add_argument("--augment", type=parse_augment, default=None,
+                   help="show augmented samples: a preset (light, medium, strong) or name=value strengths "
+                   "(default: none, the encodings grid)")
+    p.add_argument("--samples", type=int, default=6, help="augmented samples per drawing with --augment (default 6)")
     return p
 
 
@@ -74,6 +84,21 @@ def panels(block: Block, encodings: list[Encoding], size: int, line_width: int |
     return cols
 
 
+def augmented_panels(block: Block, enc: Encoding, augment: Augment, samples: int, size: int, line_width: int | None,
+                     seed: int) -> list[tuple[str, np.ndarray]]:
+    """(title, images) columns: the drawings as they are, then as epochs 0..samples-1 augment them (item key = row)."""
+    keys = np.arange(len(block))
+    cols = []
+    for epoch in [None, *range(samples)]:
+        xy, t, strokes, drawings = block.xy, block.t, block.strokes, block.drawings
+        if epoch is not None:
+            xy, t, strokes, drawings = augment_arrays(xy, t, strokes, drawings, keys, seed, epoch, augment.params)
+        img = rasterize(xy, t if enc.needs_time else None, strokes, drawings, enc, size, line_width)
+        cols.append(("original" if epoch is None else f"epoch {epoch}",
+                     img[:, 0] if enc.channels == 1 else img.transpose(0, 2, 3, 1)))
+    return cols
+
+
 def save_grid(columns: list[tuple[str, np.ndarray]], row_labels: list[str], path: Path) -> None:
     import matplotlib
 
@@ -110,8 +135,9 @@ def main(args: argparse.Namespace) -> None:
         for enc in encodings:
             check_time(enc, store.has_time, store.root)
         check_geometry(args.size, args.line_width)
-        if args.n < 1:
-            raise ValueError(f"--n must be >= 1, got {args.n}")
+        if args.n < 1 or args.samples < 1:
+            raise ValueError(f"--n and --samples must be >= 1, got {args.n} and {args.samples}")
+        augment = Augment.from_config(args.augment) if args.augment is not None else None
         if not Path(args.output).resolve().parent.is_dir():
             raise ValueError(f"--output {args.output}: no such folder {Path(args.output).parent}")
         split = args.split
@@ -122,7 +148,9 @@ def main(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: {exc}") from None
     labels = [store.classes[lab] if lab >= 0 else f"key {key}" for lab, key in zip(block.label, block.key_id)]
     try:
-        save_grid(panels(block, encodings, args.size, args.line_width), labels, Path(args.output))
+        columns = (augmented_panels(block, encodings[0], augment, args.samples, args.size, args.line_width, args.seed)
+                   if augment is not None else panels(block, encodings, args.size, args.line_width))
+        save_grid(columns, labels, Path(args.output))
     except (OSError, ValueError) as exc:  # ValueError: matplotlib knows no format for the file's extension
         raise SystemExit(f"error: cannot write {args.output}: {exc}") from None
     print(f"wrote {args.output}: {len(labels)} {split} drawings x {', '.join(e.name for e in encodings)}")
