@@ -7,6 +7,7 @@ benchmarks/, one module per command, each timing the real code paths.
     python bench.py train --model resnet34 --size 128
     python bench.py store --data data/kaggle_simplified
     python bench.py serve --model resnet34 --size 128
+    python bench.py gpu --data data/synthetic_long --data2 data/s16      # first thing on a lent GPU machine
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ COMMANDS = {
     "train": "benchmarks.bench_train",
     "store": "benchmarks.bench_store",
     "serve": "benchmarks.bench_serve",
+    "gpu": "benchmarks.bench_gpu",
 }
 
 
