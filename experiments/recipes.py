@@ -185,6 +185,20 @@ def _recipe_run(lab: Lab, seed: int) -> str:
     return f"recipe-s{seed}" if epochs is None else f"recipe-e{epochs}-s{seed}"
 
 
+def plain_reference(lab: Lab, seed: int, epochs: int) -> tuple[Path, dict]:
+    """experiments/plain_baseline.py for `epochs` (reused when done): its prediction CSV and its timing dict."""
+    plain = lab.work / "runs" / f"plain-e{epochs}-s{seed}"
+    plain.mkdir(parents=True, exist_ok=True)
+    timing = plain / "timing.json"
+    cmd = ("experiments/plain_baseline.py", "--data", str(Path(lab.args.data_root) / "kaggle"), "--output",
+           str(plain / "preds.csv"), "--seed", str(seed), "--epochs", str(epochs))
+    if timing.is_file():
+        lab.run.note(*cmd)
+    else:
+        timing.write_text(json.dumps({"train_s": lab.run(*cmd), "cpu_s": lab.run.last_cpu}))
+    return plain / "preds.csv", json.loads(timing.read_text())
+
+
 def compare(lab: Lab, seeds: list[int], recipe: str) -> str:
     """The recipe (train + predict with TTA) and the plain reference, each timed end to end, per seed."""
     rows, aps = [], {"recipe": [], "plain": []}
@@ -199,17 +213,8 @@ def compare(lab: Lab, seeds: list[int], recipe: str) -> str:
         timings = (run / "timing.json", pred.with_name(pred.name + ".json"))
         cpu = sum(json.loads(t.read_text()).get("cpu_s", float("nan")) for t in timings)
         rows.append(("recipe", seed, train_s + pred_s, cpu, aps["recipe"][-1].mean()))
-        plain = lab.work / "runs" / f"plain-e{lab.args.plain_epochs}-s{seed}"
-        plain.mkdir(parents=True, exist_ok=True)
-        timing = plain / "timing.json"
-        cmd = ("experiments/plain_baseline.py", "--data", str(Path(lab.args.data_root) / "kaggle"), "--output",
-               str(plain / "preds.csv"), "--seed", str(seed), "--epochs", str(lab.args.plain_epochs))
-        if timing.is_file():
-            lab.run.note(*cmd)
-        else:
-            timing.write_text(json.dumps({"train_s": lab.run(*cmd), "cpu_s": lab.run.last_cpu}))
-        aps["plain"].append(per_drawing_ap(plain / "preds.csv", lab.labels)[1])
-        t = json.loads(timing.read_text())
+        preds, t = plain_reference(lab, seed, lab.args.plain_epochs)
+        aps["plain"].append(per_drawing_ap(preds, lab.labels)[1])
         rows.append(("plain", seed, t["train_s"], t.get("cpu_s", float("nan")), aps["plain"][-1].mean()))
         print(f"seed {seed}: recipe {rows[-2][4]:.4f} in {rows[-2][2]:.0f} s, plain {rows[-1][4]:.4f} in "
               f"{rows[-1][2]:.0f} s ({time.time() - start:.0f} s)", flush=True)
