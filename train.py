@@ -73,6 +73,12 @@ def _add_data_args(g: argparse._ArgumentGroup) -> None:
                    "or per-transform strengths like rotate=10,scale=0.15,stroke_drop=0.05 (fields: scale, aspect, "
                    "rotate, shear, translate, stroke_drop, jitter, time_scale; YAML: a name or a mapping) "
                    "(default none)")
+    g.add_argument("--mixup", type=float, default=0.0, help="mixup of the pictures after the loader: Beta(a, a) "
+                   "concentration a, e.g. 0.2 (qdraw/mix.py; default 0 = off)")
+    g.add_argument("--cutmix", type=float, default=0.0, help="CutMix of the pictures: Beta(a, a) concentration, "
+                   "e.g. 1.0 (default 0 = off)")
+    g.add_argument("--mix-prob", type=float, default=1.0, help="share of batches mixed when --mixup or --cutmix is "
+                   "on; with both, each mixed batch picks one at even odds (default 1.0)")
     g.add_argument("--workers", type=int, default=4, help="loader threads (or processes, see --loader) per training "
                    "process, capped at its share of the cores; 0 draws in the training thread (default 4)")
     g.add_argument("--loader", default="threads", choices=BACKENDS, help="draw batches in threads of the training "

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from .averaging import Ema
 from .distributed import all_gather_objects, all_reduce_sum, is_main_process
 from .metrics import map_at_k, top_k
+from .mix import Mix
 from .render import to_model_input
 from .schedule import set_lr
 
@@ -38,6 +39,8 @@ class StepOptions:
         scaler: a GradScaler, only with float16 (bfloat16 has float32's range and needs none).
         channels_last: feed NHWC tensors (faster convolutions on tensor cores).
         progress: show a tqdm bar (rank 0 only).
+        mix: mixup / CutMix of the pictures (qdraw.mix), None for none; its draws are seeded by (seed, epoch,
+            micro-batch), and its soft targets need num_classes.
     """
 
     accum_steps: int = 1
@@ -46,6 +49,9 @@ class StepOptions:
     scaler: torch.amp.GradScaler | None = None
     channels_last: bool = False
     progress: bool = True
+    mix: Mix | None = None
+    seed: int = 0
+    num_classes: int = 0
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -88,10 +94,14 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
         group = min(accum, n_micro - k * accum)
         last = first == group - 1
         x, y = to_model_input(x, device, opts.channels_last), y.to(device, non_blocking=True)
+        if opts.mix is not None:
+            x, target = opts.mix(x, y, opts.num_classes, opts.seed, epoch, i)
+        else:
+            target = y
         sync = model.no_sync() if (not last and hasattr(model, "no_sync")) else nullcontext()
         with sync:
             with autocast(device, opts.amp_dtype):
-                loss = criterion(model(x), y)
+                loss = criterion(model(x), target)
             scaled = loss / group
             (opts.scaler.scale(scaled) if opts.scaler is not None else scaled).backward()
         if last:

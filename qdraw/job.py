@@ -34,6 +34,7 @@ from .distributed import DistInfo, all_gather_objects, barrier
 from .augment import Augment
 from .engine import StepOptions
 from .loader import create_loader
+from .mix import Mix
 from .render import InputSpec, RasterRender, PointsRender, make_render
 from .prepare import SYNTHETIC_DIR, ensure_synthetic
 from .schedule import CosineRestarts
@@ -184,7 +185,11 @@ def build_job(args: argparse.Namespace, info: DistInfo) -> Job:
     amp = cuda if args.amp is None else args.amp
     amp_dtype = AMP_DTYPES[args.amp_dtype] if amp else None
     scaler = torch.amp.GradScaler(info.device.type) if amp_dtype is torch.float16 else None
-    opts = StepOptions(args.accum_steps, args.clip_grad, amp_dtype, scaler, channels_last, args.progress)
+    mix = Mix(args.mixup, args.cutmix, args.mix_prob)
+    if mix.enabled and spec.kind != "raster":
+        raise ValueError("--mixup and --cutmix blend pictures; this model reads point sequences")
+    opts = StepOptions(args.accum_steps, args.clip_grad, amp_dtype, scaler, channels_last, args.progress,
+                       mix if mix.enabled else None, args.seed, store.num_classes)
     lr = scaled_lr(args.lr, batch * args.accum_steps * info.world_size, args.lr_base_batch, args.opt)
     ema = Ema(model, args.ema_decay) if args.ema_decay else None
     return Job(store, spec, augment, train_set, train_loader, val_loader, model, _optimizer(model, args, lr), opts,
