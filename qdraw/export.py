@@ -11,8 +11,9 @@ model on a batch of drawings of several sizes; the file is written atomically on
 The graph comes from PyTorch's torch.export-based exporter (``torch.onnx.export(..., dynamo=True)``, which needs the
 onnxscript package), the default since PyTorch 2.9; the TorchScript-based one is deprecated and will be removed.
 Every registered architecture passes the checks above with it (11 of 11, checked at 64 px), so no model keeps the
-legacy path. What the graph takes (example, name, dynamic axes) comes from one function of the checkpoint,
-graph_input, so a model of another input kind is one more branch there.
+legacy path; dpn68 could not be exported by the legacy one at all (its pooling size, read from x.size(), became a
+list the TorchScript symbolic could not convert). What the graph takes (example, name, dynamic axes) comes from one
+function of the checkpoint, graph_input, so a model of another input kind is one more branch there.
 """
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ def graph_input(ckpt: dict) -> GraphInput:
 
     A point-sequence model, float32 (batch, length, features) with batch and length dynamic, would be one more branch:
     ``GraphInput("points", torch.zeros(2, 8, features), {0: "batch", 1: "length"}, "points: float32 (batch, length,
-    features)", lambda n, rng: rng.random((n, int(rng.integers(2, 64)), features), np.float32))``.
+    features)", lambda n, rng: rng.random((n, int(rng.integers(2, 64)), features), np.float32))``, with a wrapper
+    that leaves out Probabilities' uint8 scaling.
     """
     size, channels = raster_spec(ckpt).image_size, int(ckpt["model_args"].get("in_chans", 3))
 
