@@ -7,7 +7,8 @@ size and line width in the file's metadata, so an app can draw strokes exactly a
     python serve.py --checkpoint runs/demo/model.onnx
 
 The export is run with onnxruntime against the torch model before the file is written (atomically); a difference
-over 1e-4 in any probability is an error and writes nothing.
+over 1e-4 in any probability is an error and writes nothing. PyTorch's torch.export-based exporter builds the graph
+(it needs onnxscript); it takes seconds to minutes by architecture, most of it converting the graph.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import data_loader_rgb  # noqa: F401  (registers the grey and rgb encodings)
 import data_loader_time  # noqa: F401  (registers the time encoding)
 import models  # noqa: F401  (registers the architectures a checkpoint names)
 from qdraw.checkpoint import CheckpointError
-from qdraw.export import export_onnx
+from qdraw.export import MIN_OPSET, export_onnx
 from qdraw.inference import WEIGHTS
 
 
@@ -30,7 +31,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", choices=WEIGHTS, default="auto",
                    help="the checkpoint's EMA weights, its raw weights, or auto: EMA when the run kept one "
                    "(default auto)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset version (default 17)")
+    p.add_argument("--opset", type=int, default=MIN_OPSET,
+                   help=f"ONNX opset version, {MIN_OPSET} or newer (default {MIN_OPSET})")
     return p
 
 

@@ -3,9 +3,10 @@ submission (top-3 words), and MAP@3 / top-1 / top-3 when the input has labels.
 
 The model is rebuilt from the checkpoint alone, or, for a model exported by export.py (``--checkpoint model.onnx``),
 run by onnxruntime with no torch model built: same inputs, flags and outputs, the probabilities within 1e-4 of the
-checkpoint's. Input: a Kaggle test CSV (simplified or raw, matching the checkpoint's encoding), a prepared store (its
-test split, or --split val), or a per-class folder in any format prepare_data.py reads (<word>.ndjson, .csv, .bin,
-.npz with all its splits, or their .gz; docs/FORMATS.md).
+checkpoint's. Input: a Kaggle test CSV (simplified or raw, matching the checkpoint's encoding), one Google ndjson
+file (.ndjson or .ndjson.gz: a per-word download, or the file serve.py --collect writes; labels from each record's
+word), a prepared store (its test split, or --split val), or a per-class folder in any format prepare_data.py reads
+(<word>.ndjson, .csv, .bin, .npz with all its splits, or their .gz; docs/FORMATS.md).
 
     python predict.py --checkpoint runs/demo/best.pth --input data/synthetic --split val --preds preds_val.csv \\
         --labels val_labels.csv
@@ -46,8 +47,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 epilog=__doc__.split("\n\n", 2)[2])
     p.add_argument("--checkpoint", required=True,
                    help="best.pth or last.pth written by train.py, or a model.onnx written by export.py")
-    p.add_argument("--input", required=True, help="Kaggle test CSV, prepared store folder, or per-class folder "
-                   "(.ndjson/.csv/.bin/.npz, .gz too)")
+    p.add_argument("--input", required=True, help="Kaggle test CSV, one .ndjson[.gz] file, prepared store folder, "
+                   "or per-class folder (.ndjson/.csv/.bin/.npz, .gz too)")
     p.add_argument("--split", choices=["val", "test"], default=None,
                    help="split of a prepared store (default: test when it has one, else val)")
     p.add_argument("--preds", "--output", dest="preds", default=None,

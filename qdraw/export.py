@@ -7,13 +7,21 @@ size, the line width and margin (resolved, not "default"), the kind of strokes t
 architecture and which weights (raw or EMA): everything qdraw.classifier needs to draw its input the way training
 did, with no checkpoint beside it. The export is checked by running the file with onnxruntime against the torch
 model on a batch of drawings of several sizes; the file is written atomically only when they agree.
+
+The graph comes from PyTorch's torch.export-based exporter (``torch.onnx.export(..., dynamo=True)``, which needs the
+onnxscript package), the default since PyTorch 2.9; the TorchScript-based one is deprecated and will be removed.
+Every registered architecture passes the checks above with it (11 of 11, checked at 64 px), so no model keeps the
+legacy path; dpn68 could not be exported by the legacy one at all (its pooling size, read from x.size(), became a
+list the TorchScript symbolic could not convert). What the graph takes (example, name, dynamic axes) comes from one
+function of the checkpoint, graph_input, so a model of another input kind is one more branch there.
 """
 from __future__ import annotations
 
-import io
 import json
-import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,7 +33,43 @@ from .classifier import ONNX_FORMAT, onnx_info
 from .inference import build_model, select_weights
 from .raster import check_geometry
 
+if TYPE_CHECKING:
+    import onnx
+
 TOLERANCE = 1e-4  # largest probability difference onnxruntime may show against torch (the issue's bound)
+MIN_OPSET = 18  # the torch.export-based exporter writes opset 18 or newer; asked for 17 it logs a failed conversion
+
+
+@dataclass(frozen=True)
+class GraphInput:
+    """What an exported graph takes: its input's name, an example tensor to trace with, the axes left dynamic
+    (axis -> name; the example's size on them must not be 0 or 1, which torch.export would specialise), how the
+    metadata describes it, and batches of n random inputs for the onnxruntime check."""
+
+    name: str
+    example: torch.Tensor
+    dynamic: dict[int, str]
+    description: str
+    random: Callable[[int, np.random.Generator], np.ndarray]
+
+
+def graph_input(ckpt: dict) -> GraphInput:
+    """The input of a checkpoint's exported graph: today every model is an image model, uint8 (batch, channels, size,
+    size) with a dynamic batch.
+
+    A point-sequence model, float32 (batch, length, features) with batch and length dynamic, would be one more branch:
+    ``GraphInput("points", torch.zeros(2, 8, features), {0: "batch", 1: "length"}, "points: float32 (batch, length,
+    features)", lambda n, rng: rng.random((n, int(rng.integers(2, 64)), features), np.float32))``, with a wrapper
+    that leaves out Probabilities' uint8 scaling.
+    """
+    size, channels = raster_spec(ckpt).image_size, int(ckpt["model_args"].get("in_chans", 3))
+
+    def ink(n: int, rng: np.random.Generator) -> np.ndarray:  # sparse strokes, like a drawing, not uniform noise
+        shape = (n, channels, size, size)
+        return np.where(rng.random(shape) < 0.1, rng.integers(55, 256, shape), 0).astype(np.uint8)
+
+    return GraphInput("image", torch.zeros(2, channels, size, size, dtype=torch.uint8), {0: "batch"},
+                      "image: uint8 (batch, channels, size, size), drawn by qdraw.raster", ink)
 
 
 class Probabilities(nn.Module):
@@ -39,7 +83,7 @@ class Probabilities(nn.Module):
         return torch.softmax(self.model(x.float() / 255), 1)
 
 
-def metadata(ckpt: dict, weights: str) -> dict[str, str]:
+def metadata(ckpt: dict, weights: str, described: str) -> dict[str, str]:
     """The metadata_props of the exported file: string keys and values (ONNX allows nothing else)."""
     spec = raster_spec(ckpt)
     width, margin = check_geometry(spec.image_size, spec.line_width)
@@ -47,24 +91,22 @@ def metadata(ckpt: dict, weights: str) -> dict[str, str]:
     return {"qdraw_format": str(ONNX_FORMAT), "classes": json.dumps(list(ckpt["classes"])), "encoding": spec.encoding,
             "image_size": str(spec.image_size), "line_width": str(width), "margin": str(margin), "data_kind": kind,
             "arch": str(ckpt["arch"]), "weights": weights, "epoch": str(ckpt.get("epoch")),
-            "input": "image: uint8 (batch, channels, size, size), drawn by qdraw.raster",
+            "input": described,
             "output": "probabilities: float32 (batch, classes), softmax, columns in 'classes' order"}
 
 
-def _to_onnx(wrapper: nn.Module, sample: torch.Tensor, opset: int) -> bytes:
-    """The serialised graph, batch axis dynamic (TorchScript-based exporter: no onnxscript needed)."""
-    buf = io.BytesIO()
-    with warnings.catch_warnings():  # the zoo's input-size checks become constants: right, the size is fixed
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        torch.onnx.export(wrapper, (sample,), buf, input_names=["image"], output_names=["probabilities"],
-                          dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}}, opset_version=opset,
-                          dynamo=False)
-    return buf.getvalue()
+def to_onnx(wrapper: nn.Module, inp: GraphInput, opset: int) -> onnx.ModelProto:
+    """The graph from the torch.export-based exporter, inp's dynamic axes as torch.export.Dim."""
+    dims = {axis: torch.export.Dim(name) for axis, name in inp.dynamic.items()}
+    # dynamic_shapes follows forward's arguments: one tensor, one {axis: Dim} dict. verbose=False: the exporter
+    # prints its progress to stdout otherwise, into export.py's one-line summary.
+    program = torch.onnx.export(wrapper, (inp.example,), input_names=[inp.name], output_names=["probabilities"],
+                                dynamic_shapes=(dims,), opset_version=opset, dynamo=True, verbose=False)
+    return program.model_proto
 
 
-def check_export(data: bytes, wrapper: nn.Module, channels: int, size: int, seed: int = 0) -> float:
-    """Largest |onnxruntime - torch| probability over random ink batches of 1 and 5 images; ValueError above
-    TOLERANCE."""
+def check_export(data: bytes, wrapper: nn.Module, inp: GraphInput, seed: int = 0) -> float:
+    """Largest |onnxruntime - torch| probability over random batches of 1 and 5 inputs; ValueError above TOLERANCE."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -73,11 +115,10 @@ def check_export(data: bytes, wrapper: nn.Module, channels: int, size: int, seed
     rng = np.random.default_rng(seed)
     worst = 0.0
     for n in (1, 5):
-        x = np.where(rng.random((n, channels, size, size)) < 0.1, rng.integers(55, 256, (n, channels, size, size)),
-                     0).astype(np.uint8)  # sparse strokes, like a drawing, rather than uniform noise
+        x = inp.random(n, rng)
         with torch.no_grad():
             ref = wrapper(torch.from_numpy(x)).numpy()
-        got = session.run(None, {"image": x})[0]
+        got = session.run(None, {inp.name: x})[0]
         if got.shape != ref.shape:
             raise ValueError(f"onnxruntime returned shape {got.shape}, torch {ref.shape}")
         worst = max(worst, float(np.abs(got - ref).max()))
@@ -86,29 +127,29 @@ def check_export(data: bytes, wrapper: nn.Module, channels: int, size: int, seed
     return worst
 
 
-def export_onnx(checkpoint: str | Path, output: str | Path, weights: str = "auto", opset: int = 17) -> dict:
+def export_onnx(checkpoint: str | Path, output: str | Path, weights: str = "auto", opset: int = MIN_OPSET) -> dict:
     """Export checkpoint to output (written atomically after the onnxruntime check); returns a summary dict."""
     import onnx
 
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset {opset}: the torch.export-based ONNX exporter writes opset {MIN_OPSET} or newer")
     ckpt = load_checkpoint(checkpoint)
     choice, _ = select_weights(ckpt, weights, checkpoint)
     wrapper = Probabilities(build_model(ckpt, checkpoint, weights)).eval()
-    spec = raster_spec(ckpt)
-    channels = int(ckpt["model_args"].get("in_chans", 3))
-    sample = torch.zeros(2, channels, spec.image_size, spec.image_size, dtype=torch.uint8)
+    spec, inp = raster_spec(ckpt), graph_input(ckpt)
     try:
-        graph = onnx.load_from_string(_to_onnx(wrapper, sample, opset))
+        graph = to_onnx(wrapper, inp, opset)
     except Exception as exc:  # the exporter's errors are long; the first line names the unsupported operator
         raise CheckpointError(f"{checkpoint}: cannot export a {ckpt['arch']} to ONNX "
                               f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]})") from exc
-    meta = metadata(ckpt, choice)
+    meta = metadata(ckpt, choice, inp.description)
     for key, value in meta.items():
         graph.metadata_props.add(key=key, value=value)
     graph.producer_name, graph.doc_string = "qdraw export.py", f"{ckpt['arch']} from {Path(checkpoint).name}"
     onnx.checker.check_model(graph)
     data = graph.SerializeToString()
     onnx_info(meta, output)  # the reader accepts what was written (one definition of the fields)
-    worst = check_export(data, wrapper, channels, spec.image_size)
+    worst = check_export(data, wrapper, inp)
     write_bytes(output, data)
     return {"arch": ckpt["arch"], "weights": choice, "classes": len(ckpt["classes"]), "encoding": spec.encoding,
             "image_size": spec.image_size, "line_width": int(meta["line_width"]), "max_diff": worst,

@@ -71,9 +71,11 @@ def load_model(path: str | Path, device: torch.device, weights: str = "auto") ->
 
 
 def open_input(source: str | Path, classes: list[str], split: str | None, stack: ExitStack) -> tuple[Store, str]:
-    """A Store and split for source: a prepared store (split val|test), a Kaggle test CSV or an ndjson folder.
+    """A Store and split for source: a prepared store (split val|test), or anything qdraw.prepare.pack_eval_input
+    reads (a Kaggle test CSV, one Google ndjson file, a folder of per-class files).
 
-    Files are packed into a temporary store that lives as long as stack.
+    Files are packed into a temporary store that lives as long as stack. Skipped rows, and drawings whose word is not
+    among classes (predicted but not scored), are logged as one warning each.
     """
     source = Path(source)
     if not source.exists():
@@ -91,6 +93,12 @@ def open_input(source: str | Path, classes: list[str], split: str | None, stack:
     if skipped:  # a Kaggle submission needs every key_id: say how many rows got no prediction, and why
         log.warning("warning: %s: %d of %d rows skipped and not predicted (%s)", source, sum(skipped.values()),
                     stats["read"], ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())))
+    unknown = stats.get("unknown_words", {})
+    if unknown:  # MAP@3 covers the other drawings only; a silent gap would read as a score over all of them
+        words = sorted(unknown.items(), key=lambda kv: (-kv[1], kv[0]))
+        log.warning("warning: %s: %d drawings have words the model does not know (%s%s): predicted, not scored",
+                    source, sum(unknown.values()), ", ".join(f"{w}: {n}" for w, n in words[:5]),
+                    f", ... {len(words) - 5} more words" if len(words) > 5 else "")
     return Store(tmp / "store"), "test"
 
 

@@ -71,7 +71,8 @@ def _num(v: str):
 
 
 class TensorBoard:
-    """Scalars to TensorBoard when the tensorboard package is installed; silently nothing otherwise."""
+    """Scalars to TensorBoard (event files in log_dir, what `tensorboard --logdir` reads); tensorboard is in
+    requirements.txt because train.py logs there by default, and an install without it gets one note and no logs."""
 
     def __init__(self, log_dir: str | Path, enabled: bool = True):
         self.writer = None
@@ -80,7 +81,8 @@ class TensorBoard:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # torch's writer needs the separate tensorboard package
-            log.info("tensorboard is not installed: no TensorBoard logs (summary.csv has the same numbers)")
+            log.info("tensorboard is not installed (pip install -r requirements.txt): no TensorBoard logs "
+                     "(summary.csv has the same numbers)")
             return
         self.writer = SummaryWriter(log_dir=str(log_dir))
 

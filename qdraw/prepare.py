@@ -14,16 +14,16 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from tqdm import tqdm
 
 from .atomic import atomic_dir, clean_temp_files, write_bytes, write_text
-from .formats import first_line
+from .formats import first_line, split_name
 from .pack import pack_class, pack_file
-from .readers import Layout, Row, detect_layout, read_kaggle_test, read_solution
-from .store import FORMAT_VERSION
+from .readers import Layout, Row, detect_layout, read_kaggle_test, read_ndjson, read_solution
+from .store import FORMAT_VERSION, Block
 from .strokes import DrawingError, check_drawing, loads_drawing
 
 
@@ -220,36 +220,76 @@ def prepare_input(input: str, args: PrepareOptions) -> dict:
 def pack_eval_input(source: Path, out: Path, classes: list[str], block_size: int = 10000) -> dict:
     """Pack drawings to predict into a test-only store at out, labelled by the given class list where possible.
 
-    source: a Kaggle test CSV (labelled from ``<stem>_solution.csv`` beside it when present) or a folder of
-    ``<word>.ndjson`` / Kaggle train CSVs (labelled by file name; names outside classes stay unlabelled, -1).
-    Returns the counts; writes meta.json with the given classes so qdraw.store.Store opens it.
+    The one place any --input of predict.py turns into a (temporary) store: rows go through pack_file, so every
+    input gets the same checks and counted skips as prepare_data.py. source is one of
+      - a Kaggle test CSV (labelled from ``<stem>_solution.csv`` beside it when present);
+      - one Google ndjson file, ``.ndjson`` or ``.ndjson.gz``, simplified or raw (a per-word download, or what
+        ``serve.py --collect FILE`` writes, which mixes words): each drawing labelled by its record's ``word``;
+      - a folder of per-class files (``<word>.ndjson``, Kaggle train CSVs, .bin, .npz), labelled by file name.
+    A word outside classes leaves its drawing unlabelled (-1): still predicted, not scored; the counts of such words
+    are returned under "unknown_words". Returns the counts; writes meta.json with the given classes so
+    qdraw.store.Store opens it.
     """
     source = Path(source)
     out.mkdir(parents=True, exist_ok=True)
-    if source.is_file():
-        if source.suffix not in (".csv", ".gz") or "drawing" not in first_line(source):
-            raise ValueError(f"{source}: not a Kaggle test CSV (key_id,countrycode,drawing)")
+    index = {c: i for i, c in enumerate(classes)}
+    unknown: Counter = Counter()
+    if source.is_dir():
+        layout = detect_layout(source)
+        files = [(path, layout.name, _word_labels(lambda keys, w=name: [w] * len(keys), index, unknown))
+                 for name, path in sorted(layout.files.items())]
+    elif (split_name(source.name) or ("", ""))[1] == "ndjson":
+        layout = Layout("ndjson", {source.name: source})
+        words = _words_by_key(source)
+        files = [(source, "ndjson", _word_labels(lambda keys: [words.get(int(k)) for k in keys], index, unknown))]
+    elif source.name.endswith((".csv", ".csv.gz")) and "drawing" in first_line(source):
         kind = _kind_of(read_kaggle_test(source), source)
         stats = _pack_test(PrepareOptions(output=str(out), block_size=block_size), out, kind, classes, source,
                            unknown=-1)
+        return _write_eval_meta(out, source, kind, classes, block_size, stats)
     else:
-        layout = detect_layout(source)
+        raise ValueError(f"{source}: not a Kaggle test CSV (key_id,countrycode,drawing) nor a Google ndjson file; "
+                         "--input takes a test CSV (.csv, .csv.gz), one <word>.ndjson or .ndjson.gz file, a prepared "
+                         "store, or a folder of per-class .ndjson, .csv, .bin or .npz files")
+    try:
         kind = sniff_kind(layout)
-        index = {c: i for i, c in enumerate(classes)}
-        stats = {"read": 0, "train": [], "skipped": Counter()}
-        with atomic_dir(out / "test") as tmp:
-            for n, (name, path) in enumerate(sorted(layout.files.items())):
-                label = index.get(name, -1)
-                st = pack_file(path, layout.name, kind, lambda b: np.full(len(b), label, np.int16), tmp, block_size,
-                               None, train_prefix=f"block_{n:04d}")
-                stats["read"] += st["read"]
-                stats["train"] += st["train"]
-                stats["skipped"].update(st["skipped"])
-        stats["labelled"] = any(c in index for c in layout.files)
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
+    stats = {"read": 0, "train": [], "skipped": Counter()}
+    with atomic_dir(out / "test") as tmp:
+        for n, (path, fmt, label_of) in enumerate(files):
+            st = pack_file(path, fmt, kind, label_of, tmp, block_size, None, train_prefix=f"block_{n:04d}")
+            stats["read"] += st["read"]
+            stats["train"] += st["train"]
+            stats["skipped"].update(st["skipped"])
+    stats["labelled"] = sum(stats["train"]) > sum(unknown.values())
+    stats["unknown_words"] = dict(sorted(unknown.items()))
+    return _write_eval_meta(out, source, kind, classes, block_size, stats)
+
+
+def _write_eval_meta(out: Path, source: Path, kind: str, classes: list[str], block_size: int, stats: dict) -> dict:
+    """Write the meta.json of an eval store (test split only, the model's classes); return stats with the kind."""
     meta = {"version": FORMAT_VERSION, "kind": kind, "classes": classes, "block_size": block_size, "val_every": 0,
             "layout": "eval", "source": str(source), "train_block_sizes": {}, "val_sizes": {}, "test": stats}
     write_text(out / "meta.json", json.dumps(meta))
     return stats | {"kind": kind}
+
+
+def _words_by_key(path: Path) -> dict[int, str | None]:
+    """{key_id: word} of an ndjson file, read before packing: the fast parser keeps no words, and a key_id (Google's
+    unique drawing id; serve.py draws it at random from 9e15) finds a drawing's record again after skipped rows."""
+    return {row.key_id: row.word for row in read_ndjson(path) if not row.error}
+
+
+def _word_labels(words_of: Callable[[np.ndarray], list], index: dict[str, int],
+                 unknown: Counter) -> Callable[[Block], np.ndarray]:
+    """label_of for pack_file: each packed drawing's class from its word, words_of(key_ids); a word outside index
+    (or none) gives -1 and is counted in unknown, so the caller can say which drawings were predicted but not scored."""
+    def label_of(block: Block) -> np.ndarray:
+        words = words_of(block.key_id)
+        unknown.update(w or "(no word)" for w in words if w not in index)
+        return np.array([index.get(w, -1) for w in words], np.int16)
+    return label_of
 
 
 def _kind_of(rows: Iterator[Row], source: Path) -> str:

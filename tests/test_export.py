@@ -19,6 +19,8 @@ from qdraw.classifier import load_classifier
 from qdraw.predictions import read_predictions
 
 CLASSES = "airplane,cat,The Eiffel Tower,eye"
+# export.py runs PyTorch's torch.export-based exporter; the legacy TorchScript one warned of its removal on every call
+pytestmark = pytest.mark.filterwarnings("error::DeprecationWarning")
 
 
 def _run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -100,6 +102,8 @@ def test_bad_models_are_one_error_line(exported, tmp_path):
          "unreadable checkpoint"),
         ("export.py", ["--checkpoint", str(tmp / "run/last.pth"), "--output", str(tmp_path / "no/m.onnx")],
          "not a file name in an existing folder"),
+        ("export.py", ["--checkpoint", str(tmp / "run/last.pth"), "--output", str(tmp_path / "m.onnx"), "--opset",
+                       "17"], "opset 17: the torch.export-based ONNX exporter writes opset 18 or newer"),
     ]
     res = _run(cases[0][0], *cases[0][1], cwd=tmp_path)
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]

@@ -1,10 +1,12 @@
-"""stack.py: candidate table, candidate softmax, splits, a LightGBM stacker on synthetic models, and the CLI."""
+"""qdraw.stacking and stack.py: candidate table, candidate softmax, splits, a LightGBM stacker on synthetic models,
+and the CLI."""
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import stack
+from qdraw import stacking
 from qdraw.metrics import ranking_metrics
 from qdraw.predictions import read_predictions, write_predictions
 
@@ -13,7 +15,7 @@ M1 = np.array([[0.1, 0.5, 0.05, 0.15, 0.2], [0.1, 0.2, 0.3, 0.4, 0.0]])
 
 
 def test_candidate_table_exact() -> None:
-    rows, cands, feats, names = stack.candidate_table([M0, M1], k=3, entropy=True)
+    rows, cands, feats, names = stacking.candidate_table([M0, M1], k=3, entropy=True)
     # sample 0: top-3 of M0 = {0, 1, 2}, of M1 = {1, 4, 3}; sample 1: both {3, 2, 1}
     np.testing.assert_array_equal(rows, [0, 0, 0, 0, 0, 1, 1, 1])
     np.testing.assert_array_equal(cands, [0, 1, 2, 3, 4, 1, 2, 3])
@@ -29,7 +31,7 @@ def test_candidate_table_exact() -> None:
     np.testing.assert_allclose(f["p_max"][:5], [0.5, 0.5, 0.15, 0.15, 0.2], rtol=1e-6)
     ent = -(M0[1, :4] * np.log(M0[1, :4])).sum()  # the 0 probability contributes 0, not NaN
     np.testing.assert_allclose(f["entropy_0"][5:], ent, rtol=1e-6)
-    assert "entropy_0" not in stack.candidate_table([M0, M1], k=3, entropy=False)[3]
+    assert "entropy_0" not in stacking.candidate_table([M0, M1], k=3, entropy=False)[3]
 
 
 def test_rank_in_row_matches_brute_force_with_ties() -> None:
@@ -38,22 +40,23 @@ def test_rank_in_row_matches_brute_force_with_ties() -> None:
     p[0, 3] = -0.0
     rows, cols = np.repeat(np.arange(50), 12), np.tile(np.arange(12), 50)
     expected = (p[rows] > p[rows, cols][:, None]).sum(1)
-    np.testing.assert_array_equal(stack.rank_in_row(p, rows, cols), expected)
+    np.testing.assert_array_equal(stacking.rank_in_row(p, rows, cols), expected)
 
 
 def test_candidate_probs_softmax_per_drawing() -> None:
     rows, cands = np.array([0, 0, 0, 1, 1, 1]), np.array([0, 2, 3, 1, 2, 3])
-    out = stack.candidate_probs(rows, cands, np.array([0.0, np.log(3), 1000.0, 1.0, 1.0, 1.0 + np.log(2)]), (2, 4))
+    scores = np.array([0.0, np.log(3), 1000.0, 1.0, 1.0, 1.0 + np.log(2)])
+    out = stacking.candidate_probs(rows, cands, scores, (2, 4))
     np.testing.assert_allclose(out, [[0, 0, 0, 1], [0, 0.25, 0.25, 0.5]], atol=1e-12)  # 1000 would overflow exp
-    out = stack.candidate_probs(rows, cands, np.array([0.0, np.log(3), 0.0, 0, 0, 0]), (2, 4))
+    out = stacking.candidate_probs(rows, cands, np.array([0.0, np.log(3), 0.0, 0, 0, 0]), (2, 4))
     np.testing.assert_allclose(out[0], [0.2, 0, 0.6, 0.2], atol=1e-12)
 
 
 def test_make_splits() -> None:
-    folds = stack.make_splits(10, 0.2, 3, seed=0)
+    folds = stacking.make_splits(10, 0.2, 3, seed=0)
     assert sorted(np.concatenate(folds).tolist()) == list(range(10)) and [len(f) for f in folds] == [4, 3, 3]
-    (hold,) = stack.make_splits(10, 0.2, 0, seed=0)
-    assert len(hold) == 2 and np.array_equal(hold, stack.make_splits(10, 0.2, 0, seed=0)[0])
+    (hold,) = stacking.make_splits(10, 0.2, 0, seed=0)
+    assert len(hold) == 2 and np.array_equal(hold, stacking.make_splits(10, 0.2, 0, seed=0)[0])
 
 
 def _models(n: int, c: int = 8, seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -75,10 +78,9 @@ def _models(n: int, c: int = 8, seed: int = 0) -> tuple[np.ndarray, list[np.ndar
 @pytest.mark.parametrize("folds", [0, 4])
 def test_stacker_matches_or_beats_best_single(folds: int, objective: str) -> None:
     labels, probs = _models(60)
-    args = stack.parse_args(["--val", "v.csv", "--labels", "l.csv", "--min-data-in-leaf", "5", "--threads", "1",
-                             "--objective", objective])
-    splits = stack.make_splits(len(labels), 0.2, folds, seed=0)
-    boosters, stacked = stack.fit_stacker(probs, labels, 5, True, splits, stack.lgb_params(args), 500, 50)
+    params = stacking.lgb_params(objective, min_data_in_leaf=5, threads=1)
+    splits = stacking.make_splits(len(labels), 0.2, folds, seed=0)
+    boosters, stacked = stacking.fit_stacker(probs, labels, 5, True, splits, params, 500, 50)
     held = np.concatenate(splits)
     assert len(boosters) == max(folds, 1) and stacked.shape == (len(held), 8)
     best_single = max(ranking_metrics(p[held], labels[held])["map3"] for p in probs)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import stack
+from qdraw import stacking
 from qdraw.features import block_features, store_features
 from qdraw.metrics import ranking_metrics
 from qdraw.predictions import write_predictions
@@ -88,12 +89,12 @@ def _ambiguous_models(n: int, seed: int = 0) -> tuple[np.ndarray, list[np.ndarra
 
 def test_stacker_uses_drawing_features() -> None:
     labels, probs, strokes = _ambiguous_models(400)
-    args = stack.parse_args(["--val", "v.csv", "--labels", "l.csv", "--min-data-in-leaf", "5", "--threads", "1"])
-    splits = stack.make_splits(len(labels), 0.25, 0, seed=0)
+    params = stacking.lgb_params(min_data_in_leaf=5, threads=1)
+    splits = stacking.make_splits(len(labels), 0.25, 0, seed=0)
     held = splits[0]
-    plain = stack.fit_stacker(probs, labels, 3, True, splits, stack.lgb_params(args), 300, 50)[1]
-    extras = stack.Extras(strokes, ["strokes"], True)
-    boosters, with_f = stack.fit_stacker(probs, labels, 3, True, splits, stack.lgb_params(args), 300, 50, extras)
+    plain = stacking.fit_stacker(probs, labels, 3, True, splits, params, 300, 50)[1]
+    extras = stacking.Extras(strokes, ["strokes"], True)
+    boosters, with_f = stacking.fit_stacker(probs, labels, 3, True, splits, params, 300, 50, extras)
     assert boosters[0].feature_name()[-2:] == ["strokes", "class"]
     gain = ranking_metrics(with_f, labels[held])["top1"] - ranking_metrics(plain, labels[held])["top1"]
     assert gain > 0.15  # about half the drawings are a 0/1 coin flip without the strokes
