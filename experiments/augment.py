@@ -72,16 +72,16 @@ def table(lab: Lab, recipe: str, seeds: list[int], presets: dict[int, list[str]]
              "| wall s (train + predict) | CPU s |", "|---|---|---|---|---|---|---|---|---|"]
     for budget, names in presets.items():
         recipe_epochs, plain_epochs = BUDGETS[budget]
+        runs = {}
+        for name in names:  # first: predict.py writes the labels file the scores read
+            got = [recipe_run(lab, recipe, budget, name, seed) for seed in seeds]
+            runs[name] = ([g[0] for g in got], np.mean([g[1] for g in got]), np.mean([g[2] for g in got]))
+            print(f"{budget}x {name}: {np.mean([a.mean() for a in runs[name][0]]):.4f}", flush=True)
         plain, plain_wall, plain_cpu = [], 0.0, 0.0
         for seed in seeds:
             preds, t = plain_reference(lab, seed, plain_epochs)
             plain.append(per_drawing_ap(preds, lab.labels)[1])
             plain_wall, plain_cpu = plain_wall + t["train_s"], plain_cpu + t.get("cpu_s", float("nan"))
-        runs = {}
-        for name in names:
-            got = [recipe_run(lab, recipe, budget, name, seed) for seed in seeds]
-            runs[name] = ([g[0] for g in got], np.mean([g[1] for g in got]), np.mean([g[2] for g in got]))
-            print(f"{budget}x {name}: {np.mean([a.mean() for a in runs[name][0]]):.4f}", flush=True)
         for name, (aps, wall, cpu) in runs.items():
             vs_none = "—" if name == "none" else "{:+.4f} ± {:.4f}".format(*paired(aps, runs["none"][0]))
             lines.append(f"| {budget}x | recipe | {name} | {recipe_epochs} | {np.mean([a.mean() for a in aps]):.4f} | "
