@@ -7,6 +7,7 @@ benchmarks/, one module per command, each timing the real code paths.
     python bench.py train --model resnet34 --size 128
     python bench.py store --data data/kaggle_simplified
     python bench.py serve --model resnet34 --size 128
+    python bench.py points --models stroke_gru,learned_rasterizer:trunk=resnet18:width=32
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ COMMANDS = {
     "train": "benchmarks.bench_train",
     "store": "benchmarks.bench_store",
     "serve": "benchmarks.bench_serve",
+    "points": "benchmarks.bench_points",
 }
 
 
