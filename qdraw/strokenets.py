@@ -21,14 +21,16 @@ length by the TorchScript-based exporter.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-# dx and dy of a 128-point drawing are mostly within +-0.1 of the frame (x and y span 0..1): scaled by 10 they reach
-# the range of the other features, so no input channel starts with a tenfold smaller effective learning rate.
+# Steps are small next to positions: on 4 real simplified classes packed at L = 128, |dx| has median 0.04 and 90th
+# percentile 0.23 (|dy| 0.04, 0.17) against x's 0.45 and 0.88. Scaled by 10, a typical step is the size of a typical
+# position, so the first conv's dx/dy weights do not start with a tenfold smaller effective learning rate.
 _FEATURE_SCALE = {"x": 1.0, "y": 1.0, "dx": 10.0, "dy": 10.0, "pen_up": 1.0, "dt": 1.0}
 _TRUNKS = {"resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet34": (BasicBlock, (3, 4, 6, 3)),
            "resnet50": (Bottleneck, (3, 4, 6, 3))}
@@ -117,14 +119,15 @@ class MaskedBiRNN(nn.Module):
     batch as it is (valid points are a prefix, and step i only sees steps <= i), and backward as a forward RNN over
     the batch with each valid prefix reversed in place by a gather (:func:`_reverse_valid`), its outputs put back by
     the same gather. Padding comes after the valid points in both directions, so it never reaches them. Plain RNN
-    ops and gathers: exact, deterministic, ONNX-exportable with dynamic batch and length.
+    ops and gathers: exact and ONNX-exportable with dynamic batch and length (on CUDA the gathers' backward is a
+    scatter-add, bit-reproducible under torch.use_deterministic_algorithms, like :func:`scatter_mean_grid`).
     """
 
     def __init__(self, cell: str, input_size: int, hidden: int, layers: int, dropout: float = 0.0):
         super().__init__()
         rnn = {"gru": nn.GRU, "lstm": nn.LSTM}.get(cell)
-        if rnn is None:
-            raise ValueError(f"cell must be 'gru' or 'lstm', got {cell!r}")
+        if rnn is None or layers < 1 or hidden < 1:
+            raise ValueError(f"need cell 'gru' or 'lstm', layers >= 1 and hidden >= 1, got {cell!r}, {layers}, {hidden}")
         sizes = [input_size] + [2 * hidden] * (layers - 1)
         self.fwd = nn.ModuleList(rnn(s, hidden, batch_first=True) for s in sizes)
         self.bwd = nn.ModuleList(rnn(s, hidden, batch_first=True) for s in sizes)
@@ -245,11 +248,12 @@ def scatter_mean_grid(feats: torch.Tensor, col: torch.Tensor, row: torch.Tensor,
 def _resnet_stages(trunk: str, in_chans: int, width: int) -> tuple[nn.Sequential, int]:
     """layer1..layer4 of a torchvision ResNet with stage widths width * (1, 2, 4, 8) (64 = torchvision's), taking
     in_chans channels (a projection shortcut is added where they differ); returns the stages and their output
-    channels. Blocks are torchvision's BasicBlock / Bottleneck, initialised as torchvision's ResNet does."""
+    channels. Blocks are torchvision's BasicBlock / Bottleneck, initialised as torchvision's ResNet does, under
+    torchvision's names: with width 64 and in_chans 64, ImageNet layer1..layer4 weights fit as they are."""
     if trunk not in _TRUNKS:
         raise ValueError(f"trunk must be one of {sorted(_TRUNKS)}, got {trunk!r}")
     block, depths = _TRUNKS[trunk]
-    stages, chans = [], in_chans
+    stages, chans = OrderedDict(), in_chans
     for i, depth in enumerate(depths):
         planes, stride = width * 2**i, 1 if i == 0 else 2
         out = planes * block.expansion
@@ -257,9 +261,9 @@ def _resnet_stages(trunk: str, in_chans: int, width: int) -> tuple[nn.Sequential
         if stride != 1 or chans != out:
             down = nn.Sequential(nn.Conv2d(chans, out, 1, stride, bias=False), nn.BatchNorm2d(out))
         blocks = [block(chans, planes, stride, down)] + [block(out, planes) for _ in range(depth - 1)]
-        stages.append(nn.Sequential(*blocks))
+        stages[f"layer{i + 1}"] = nn.Sequential(*blocks)
         chans = out
-    layers = nn.Sequential(*stages)
+    layers = nn.Sequential(stages)
     for m in layers.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -138,6 +138,18 @@ def test_scatter_of_a_hand_made_drawing_onto_known_cells():
     torch.testing.assert_close(grid, expected, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("trunk", ["resnet18", "resnet34"])
+def test_rasterizer_trunk_is_torchvision_resnet_stages(trunk: str):
+    """At width 64 (point_channels 64) the trunk is layer1..layer4 of torchvision's ResNet: same names, same shapes."""
+    import torchvision
+
+    ours = {k.removeprefix("trunk."): v.shape for k, v in models.create_model("learned_rasterizer", 5, trunk=trunk)
+            .state_dict().items() if k.startswith("trunk.")}
+    theirs = {k: v.shape for k, v in getattr(torchvision.models, trunk)().state_dict().items()
+              if k.startswith("layer")}
+    assert ours == theirs
+
+
 def _onnx_probabilities(model: nn.Module, inputs: list[torch.Tensor]) -> list[tuple[np.ndarray, np.ndarray]]:
     """(onnxruntime, torch) softmax probabilities of each input, the model exported once on another shape."""
     import onnxruntime as ort
