@@ -8,6 +8,7 @@ benchmarks/, one module per command, each timing the real code paths.
     python bench.py store --data data/kaggle_simplified
     python bench.py serve --model resnet34 --size 128
     python bench.py gpu --data data/synthetic_long --data2 data/s16      # first thing on a lent GPU machine
+    python bench.py points --models stroke_gru,learned_rasterizer:trunk=resnet18:width=32
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ COMMANDS = {
     "store": "benchmarks.bench_store",
     "serve": "benchmarks.bench_serve",
     "gpu": "benchmarks.bench_gpu",
+    "points": "benchmarks.bench_points",
 }
 
 

@@ -5,8 +5,10 @@ Read this file to see what `--model` accepts; extend it by adding a builder with
 loading, `timm/<name>`) live in `qdraw/zoo.py`; importing this module registers the builders below. torchvision
 supplies the models it has; Cadene's `pretrainedmodels` supplies SE-ResNeXt, NASNet-A-Mobile, DPN-68 and
 Inception-ResNet-v2, with their fixed `AvgPool2d(7|8)` heads swapped for adaptive pooling so they run at Quick, Draw!
-sizes (64-256 px; pretrainedmodels issues #164 and #171); CBAM-ResNet-50 is built here from `qdraw.cbam`. Every model
-takes `in_chans` (1 for the greyscale encoding).
+sizes (64-256 px; pretrainedmodels issues #164 and #171); CBAM-ResNet-50 is built here from `qdraw.cbam`. Every image
+model takes `in_chans` (1 for the greyscale encoding). The point models (`stroke_gru`, `stroke_lstm`,
+`stroke_transformer`, `learned_rasterizer`, from `qdraw.strokenets`) read float (B, L, F) point features from
+`qdraw.points.pack_points` instead, with `in_chans` = F (6, or 7 with time); their `ModelCfg` says `input="points"`.
 """
 from __future__ import annotations
 
@@ -18,11 +20,12 @@ from torchvision import models as tvm
 from torchvision.models.resnet import ResNet
 
 from qdraw.cbam import CBAMBottleneck
+from qdraw.strokenets import LearnedRasterizer, StrokeRNN, StrokeTransformer
 from qdraw.zoo import (ModelCfg, PretrainedWeightsError, adapt_input_conv, create_model, list_models,
-                       load_pretrained_state_dict, load_weights, model_cfgs, register_model, set_in_chans)
+                       load_pretrained_state_dict, load_weights, model_cfgs, model_input, register_model, set_in_chans)
 
 __all__ = ["ModelCfg", "PretrainedWeightsError", "adapt_input_conv", "create_model", "list_models",
-           "load_pretrained_state_dict", "load_weights", "model_cfgs", "register_model"]
+           "load_pretrained_state_dict", "load_weights", "model_cfgs", "model_input", "register_model"]
 
 
 def _tv_cfg(weights: tvm.WeightsEnum, first_conv: str, classifier: str, **kwargs) -> ModelCfg:
@@ -54,6 +57,11 @@ model_cfgs.update({
     "inceptionresnetv2": ModelCfg(
         "conv2d_1a.conv", "last_linear", url=_CADENE + "inceptionresnetv2-520b38e4.pth", min_size=49
     ),
+    # Point models: no ImageNet weights; first_conv is their first Conv1d, over the point features.
+    "stroke_gru": ModelCfg("front.convs.0.conv", "head", input="points"),
+    "stroke_lstm": ModelCfg("front.convs.0.conv", "head", input="points"),
+    "stroke_transformer": ModelCfg("front.convs.0.conv", "head", input="points"),
+    "learned_rasterizer": ModelCfg("points.convs.0.conv", "head", input="points"),
 })
 
 
@@ -154,3 +162,36 @@ def inceptionresnetv2(num_classes: int, in_chans: int = 3) -> nn.Module:
     for pool in (model.maxpool_3a, model.maxpool_5a):
         pool.padding = 1
     return set_in_chans(model, "conv2d_1a.conv", in_chans)
+
+
+# Point models (qdraw.strokenets): float (B, L, in_chans) features from qdraw.points.pack_points, in_chans = 6
+# (simplified) or 7 (raw, with dt). Defaults sized for the 16-class CPU budget; see qdraw.strokenets for the layers.
+
+
+@register_model
+def stroke_gru(num_classes: int, in_chans: int = 6, **kwargs) -> nn.Module:
+    """Conv1d front end, 2-layer bidirectional GRU, masked mean + max pooling; kwargs: hidden (128), layers (2),
+    conv_widths ((64, 128)), dropout (0.1)."""
+    return StrokeRNN(num_classes, in_chans, cell="gru", **kwargs)
+
+
+@register_model
+def stroke_lstm(num_classes: int, in_chans: int = 6, **kwargs) -> nn.Module:
+    """stroke_gru with LSTM cells (a third more weights per layer); kwargs: hidden (128), layers (2), conv_widths
+    ((64, 128)), dropout (0.1)."""
+    return StrokeRNN(num_classes, in_chans, cell="lstm", **kwargs)
+
+
+@register_model
+def stroke_transformer(num_classes: int, in_chans: int = 6, **kwargs) -> nn.Module:
+    """Conv1d front end, sinusoidal positions, pre-LN Transformer encoder, masked mean + max pooling; kwargs: dim
+    (128), depth (4), heads (4), mlp_ratio (2.0), conv_widths ((64,)), dropout (0.1)."""
+    return StrokeTransformer(num_classes, in_chans, **kwargs)
+
+
+@register_model
+def learned_rasterizer(num_classes: int, in_chans: int = 6, **kwargs) -> nn.Module:
+    """Dilated Conv1d point features averaged onto a grid, then ResNet stages (the Kaggle 8th place model); kwargs:
+    grid (32), point_channels (64), trunk ("resnet34"; "resnet18", "resnet50"), width (64, ResNet's stage-1
+    width), point_hidden (64), dilations ((1, 2, 4, 8)), dropout (0.0)."""
+    return LearnedRasterizer(num_classes, in_chans, **kwargs)

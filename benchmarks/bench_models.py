@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=128, help="input side in px (default 128)")
-    p.add_argument("--models", default="", help="comma-separated registry names (default: all registered)")
+    p.add_argument("--models", default="", help="comma-separated registry names (default: all image models)")
     p.add_argument("--num-classes", type=int, default=340, help="classifier size (default 340, Kaggle classes)")
     p.add_argument("--batch-size", type=int, default=8, help="images per timed forward (default 8)")
     p.add_argument("--iters", type=int, default=3, help="timed forwards per model; the median counts (default 3)")
@@ -51,7 +51,9 @@ def bench_models(args: argparse.Namespace) -> None:
     """Print the Markdown model card for `args.models` (all registered models when empty)."""
     import models  # the zoo; imported here so `bench.py --help` stays light
 
-    names = [n for n in args.models.split(",") if n] or models.list_models()
+    # point models read sequences, not images: `bench.py points` times them
+    names = [n for n in args.models.split(",") if n] or [n for n in models.list_models()
+                                                         if models.model_input(n) == "raster"]
     unknown = [n for n in names if n not in models.list_models() and not n.startswith("timm/")]
     if unknown:
         raise SystemExit(f"error: unknown model(s) {', '.join(unknown)}; known: {', '.join(models.list_models())}")

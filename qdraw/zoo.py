@@ -6,7 +6,8 @@ registered by the top-level `models.py`, which the scripts import; qdraw never i
 code that builds models from a name (a checkpoint's `arch`) works once `models` (or a user's own module) has
 registered them. Weights: ImageNet files from the torch hub cache (`pretrained=True`, downloaded when absent and
 online) or a local state_dict (`weights=PATH`), with the stem conv adapted to `in_chans` and a classifier of another
-size re-initialised. `timm/<name>` builds any timm model when timm is installed.
+size re-initialised. `timm/<name>` builds any timm model when timm is installed. Most models read images; the point
+models (qdraw.strokenets) read point sequences, and `model_input(name)` says which a model takes.
 """
 
 from __future__ import annotations
@@ -24,9 +25,13 @@ import torch
 from torch import nn
 
 __all__ = [
-    "ModelCfg", "PretrainedWeightsError", "adapt_input_conv", "create_model", "list_models",
-    "load_pretrained_state_dict", "load_weights", "model_cfgs", "register_model", "set_in_chans",
+    "INPUTS", "ModelCfg", "PretrainedWeightsError", "adapt_input_conv", "create_model", "list_models",
+    "load_pretrained_state_dict", "load_weights", "model_cfgs", "model_input", "register_model", "set_in_chans",
 ]
+
+# What a model's forward reads: "raster", float (B, C, H, W) images drawn by qdraw.raster; "points", float (B, L, F)
+# point features from qdraw.points.pack_points (F = in_chans).
+INPUTS = ("raster", "points")
 
 _model_entrypoints: dict[str, Callable[..., nn.Module]] = {}
 
@@ -56,6 +61,19 @@ def list_models() -> list[str]:
     return sorted(_model_entrypoints)
 
 
+def model_input(name: str) -> str:
+    """What model `name` reads: "raster" (images, and every `timm/<name>`) or "points" (qdraw.points sequences).
+
+    Raises:
+        ValueError: `name` is neither a model with an entry in `model_cfgs` nor `timm/<name>`.
+    """
+    if name.startswith("timm/"):
+        return "raster"
+    if name not in model_cfgs:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(model_cfgs))}, or timm/<name>")
+    return model_cfgs[name].input
+
+
 @dataclass(frozen=True)
 class ModelCfg:
     """What weight loading needs to know about an architecture (a small cousin of timm's `pretrained_cfg`).
@@ -68,6 +86,7 @@ class ModelCfg:
         min_size: smallest input side in px the network can run on; smaller inputs raise ValueError.
         size_multiple: input sides must be multiples of this (cells whose branches disagree on odd sizes).
         pretrained_missing: name fragments of parameters absent from the ImageNet file (modules added here).
+        input: what the forward reads, one of INPUTS; min_size and size_multiple apply to "raster" only.
     """
 
     first_conv: str
@@ -77,6 +96,11 @@ class ModelCfg:
     min_size: int = 1
     size_multiple: int = 1
     pretrained_missing: tuple[str, ...] = ()
+    input: str = "raster"
+
+    def __post_init__(self) -> None:
+        if self.input not in INPUTS:
+            raise ValueError(f"ModelCfg.input must be one of {INPUTS}, got {self.input!r}")
 
 
 # name -> ModelCfg, filled in by the module that registers each builder (models.py).
@@ -140,7 +164,9 @@ def load_weights(
     own = model.state_dict()
     state = OrderedDict(state_dict)
     stem = f"{cfg.first_conv}.weight"
-    if stem in state and stem in own and state[stem].shape[1] != own[stem].shape[1]:
+    # Only image stems (O, C, k, k) are adapted: a point model's channels are distinct features (qdraw.points), so
+    # a file for another F is refused by the shape check below rather than guessed at.
+    if stem in state and stem in own and own[stem].ndim == 4 and state[stem].shape[1] != own[stem].shape[1]:
         state[stem] = adapt_input_conv(state[stem], own[stem].shape[1])
     dropped = {k for k, v in state.items() if _under(k, cfg.classifier) and k in own and v.shape != own[k].shape}
     for key in dropped:
@@ -192,6 +218,12 @@ def _check_input_size(module: nn.Module, args: tuple, *, name: str, cfg: ModelCf
     """Forward pre-hook: a clear error instead of a shape RuntimeError deep inside the network."""
     if not args:  # called with keyword inputs only: nothing to check
         return
+    if cfg.input == "points":
+        chans = getattr(module, "in_chans", None)
+        if args[0].ndim != 3 or (chans is not None and args[0].shape[-1] != chans):
+            raise ValueError(f"{name} reads point features float (B, L, {chans or 'F'}) from qdraw.points.pack_points, "
+                             f"got a tensor of shape {tuple(args[0].shape)}")
+        return
     height, width = args[0].shape[-2:]
     if min(height, width) < cfg.min_size:
         raise ValueError(f"{name} needs inputs of at least {cfg.min_size}x{cfg.min_size} px, got {height}x{width}")
@@ -202,17 +234,21 @@ def _check_input_size(module: nn.Module, args: tuple, *, name: str, cfg: ModelCf
 def create_model(
     name: str,
     num_classes: int,
-    in_chans: int = 3,
+    in_chans: int | None = None,
     pretrained: bool = False,
     weights: str | os.PathLike | None = None,
     **kwargs,
 ) -> nn.Module:
-    """Build a registered model (or `timm/<name>`) with a `num_classes` head for (B, in_chans, H, W) float input.
+    """Build a registered model (or `timm/<name>`) with a `num_classes` head.
+
+    Image models take float (B, in_chans, H, W); point models (`model_input(name) == "points"`) take float
+    (B, L, in_chans) point features from qdraw.points.
 
     Args:
         name: a key of `list_models()`, or `timm/<timm model name>` when timm is installed.
         num_classes: size of the classifier output.
-        in_chans: input channels; the stem conv is adapted (1 = greyscale).
+        in_chans: image channels (the stem conv is adapted; 1 = greyscale) or features per point (6, or 7 with
+            time); None means the model's default (3 for images, 6 for points).
         pretrained: load ImageNet weights from the torch hub cache, downloading them if needed.
         weights: path of a local state_dict (or training checkpoint) to load instead.
         **kwargs: passed to the builder; None values are dropped so "unset" means the model's default.
@@ -224,17 +260,19 @@ def create_model(
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if pretrained and weights is not None:
         raise ValueError("pass pretrained=True or weights=PATH, not both")
-    if num_classes < 1 or in_chans < 1:
+    if num_classes < 1 or (in_chans is not None and in_chans < 1):
         raise ValueError(f"num_classes and in_chans must be positive, got {num_classes} and {in_chans}")
     if name.startswith("timm/"):
-        return _create_timm(name.removeprefix("timm/"), num_classes, in_chans, pretrained, weights, **kwargs)
+        return _create_timm(name.removeprefix("timm/"), num_classes, in_chans or 3, pretrained, weights, **kwargs)
     if name not in _model_entrypoints:
         known = ", ".join(list_models()) or "none registered (the shipped ones are in models.py: import it first)"
         raise ValueError(f"unknown model {name!r}; known models: {known}, or timm/<name>")
     if name not in model_cfgs:
         raise ValueError(f"model {name!r} is registered but has no entry in models.model_cfgs")
     cfg = model_cfgs[name]
-    model = _model_entrypoints[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if in_chans is not None:
+        kwargs["in_chans"] = in_chans
+    model = _model_entrypoints[name](num_classes=num_classes, **kwargs)
     if pretrained:
         load_weights(model, load_pretrained_state_dict(name), cfg, allow_missing=cfg.pretrained_missing)
     elif weights is not None:

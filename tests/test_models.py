@@ -1,5 +1,6 @@
-"""models.py and qdraw/cbam.py: every registered model trains a step at 64-224 px; registry rules; weight loading
-(local files, a local HTTP server standing in for the download site, the offline error); CBAM's equations."""
+"""models.py and qdraw/cbam.py: every registered model trains a step at 64-224 px (point models: on 64-224 points);
+registry rules; weight loading (local files, a local HTTP server standing in for the download site, the offline
+error); CBAM's equations. The point models' own properties are tested in test_strokenets.py."""
 
 import dataclasses
 import functools
@@ -19,17 +20,20 @@ from qdraw import zoo
 from qdraw.cbam import CBAM, CBAMBottleneck, ChannelAttention, SpatialAttention
 
 NUM_CLASSES = 5
-ZOO = [
+RASTER_ZOO = [
     "cbam_resnet50", "densenet121", "densenet161", "dpn68", "inceptionresnetv2", "mobilenetv2", "nasnetamobile",
     "resnet34", "resnet50", "se_resnext50_32x4d", "squeezenet",
 ]
+POINT_ZOO = ["learned_rasterizer", "stroke_gru", "stroke_lstm", "stroke_transformer"]
+ZOO = sorted(RASTER_ZOO + POINT_ZOO)
 # The costliest by `bench.py models` (over 2 GMACs per 128 px image); 224 px cases are marked slow too. On 2 cores
 # most cases take under 1 s (the whole file 61 s), but 5-40 s each while a training job shares the cores.
 SLOW = {"densenet161", "inceptionresnetv2"}
 
 
 def _train_cases() -> list:
-    """(name, size) for every model at 64 and 128 px, plus 224 px (ImageNet size) marked slow."""
+    """(name, size) for every model at 64 and 128 px, plus 224 px (ImageNet size) marked slow; for a point model,
+    size is the number of points."""
     cases = []
     for name in models.list_models():
         for size in (64, 128, 224):
@@ -38,11 +42,23 @@ def _train_cases() -> list:
     return cases
 
 
-def _outputs(model: nn.Module, size: int = 64, in_chans: int = 3) -> torch.Tensor:
-    """Eval-mode logits of a fixed random batch of two images."""
-    x = torch.randn(2, in_chans, size, size, generator=torch.Generator().manual_seed(1))
+def _batch(name: str, size: int = 64, in_chans: int | None = None, seed: int = 1) -> torch.Tensor:
+    """A fixed random batch of two inputs for model `name`, keyed on what it reads: images (2, C, size, size), or
+    point features (2, size, F) laid out as qdraw.points writes them (valid prefix of size and size // 2 points)."""
+    gen = torch.Generator().manual_seed(seed)
+    if models.model_input(name) == "raster":
+        return torch.randn(2, in_chans or 3, size, size, generator=gen)
+    x = torch.rand(2, size, in_chans or 6, generator=gen)
+    x[..., 3:5] -= 0.5  # dx, dy are signed
+    x[..., 0] = 1.0
+    x[1, size // 2:] = 0.0  # padding rows are all zero
+    return x
+
+
+def _outputs(model: nn.Module, name: str, size: int = 64, in_chans: int | None = None) -> torch.Tensor:
+    """Eval-mode logits of `_batch`."""
     with torch.no_grad():
-        return model.eval()(x)
+        return model.eval()(_batch(name, size, in_chans))
 
 
 def test_zoo_is_registered_with_configs():
@@ -54,7 +70,7 @@ def test_zoo_is_registered_with_configs():
 def test_train_step(name: str, size: int):
     torch.manual_seed(0)
     model = models.create_model(name, NUM_CLASSES).train()
-    out = model(torch.randn(2, 3, size, size))
+    out = model(_batch(name, size, seed=0))
     assert out.shape == (2, NUM_CLASSES)
     assert torch.isfinite(out).all()
     F.cross_entropy(out, torch.tensor([0, 3])).backward()
@@ -73,7 +89,7 @@ def test_weights_file_roundtrip(name: str, tmp_path: Path):
     torch.save(source.state_dict(), path)
     torch.manual_seed(1)  # a different init, so equality below comes from the file
     same = models.create_model(name, NUM_CLASSES, weights=path)
-    assert torch.equal(_outputs(same), _outputs(source))
+    assert torch.equal(_outputs(same, name), _outputs(source, name))
 
     other = models.create_model(name, NUM_CLASSES + 2, weights=path).state_dict()
     src, head = source.state_dict(), models.model_cfgs[name].classifier
@@ -85,19 +101,23 @@ def test_weights_file_roundtrip(name: str, tmp_path: Path):
 
 @pytest.mark.parametrize("name", ZOO)
 def test_greyscale_registry_checkpoint_roundtrip(name: str, tmp_path: Path):
-    """in_chans=1 builds and runs; name + kwargs + state_dict saved with torch.save rebuild an identical model."""
+    """in_chans=1 (point models: 7, with time) builds and runs; name + kwargs + state_dict saved with torch.save
+    rebuild an identical model."""
     torch.manual_seed(0)
-    kwargs = {"num_classes": NUM_CLASSES, "in_chans": 1}
+    in_chans = 1 if models.model_input(name) == "raster" else 7
+    kwargs = {"num_classes": NUM_CLASSES, "in_chans": in_chans}
     source = models.create_model(name, **kwargs)
-    assert source.get_submodule(models.model_cfgs[name].first_conv).weight.shape[1] == 1
-    expected = _outputs(source, in_chans=1)
+    # a point model's first conv reads every feature but `valid`
+    stem_chans = in_chans if in_chans == 1 else in_chans - 1
+    assert source.get_submodule(models.model_cfgs[name].first_conv).weight.shape[1] == stem_chans
+    expected = _outputs(source, name, in_chans=in_chans)
     assert expected.shape == (2, NUM_CLASSES) and torch.isfinite(expected).all()
     torch.save({"arch": name, "kwargs": kwargs, "model": source.state_dict()}, tmp_path / "ckpt.pth")
     ckpt = torch.load(tmp_path / "ckpt.pth", map_location="cpu", weights_only=True)
     torch.manual_seed(1)  # a different init, so equality below comes from the file
     rebuilt = models.create_model(ckpt["arch"], **ckpt["kwargs"])
     rebuilt.load_state_dict(ckpt["model"])
-    assert torch.equal(_outputs(rebuilt, in_chans=1), expected)
+    assert torch.equal(_outputs(rebuilt, name, in_chans=in_chans), expected)
 
 
 def test_weights_accepts_training_checkpoint(tmp_path: Path):
@@ -105,7 +125,7 @@ def test_weights_accepts_training_checkpoint(tmp_path: Path):
     source = models.create_model("squeezenet", NUM_CLASSES)
     torch.save({"version": 1, "arch": "squeezenet", "model": source.state_dict(), "epoch": 3}, tmp_path / "c.pth")
     loaded = models.create_model("squeezenet", NUM_CLASSES, weights=tmp_path / "c.pth")
-    assert torch.equal(_outputs(loaded), _outputs(source))
+    assert torch.equal(_outputs(loaded, "squeezenet"), _outputs(source, "squeezenet"))
 
 
 def test_rgb_weights_into_greyscale_model_sum_over_channels(tmp_path: Path):
@@ -172,6 +192,11 @@ def test_register_duplicate_raises(monkeypatch: pytest.MonkeyPatch):
         models.create_model("tiny", NUM_CLASSES)
 
 
+def test_model_input_of_every_model():
+    assert [name for name in models.list_models() if models.model_input(name) == "points"] == POINT_ZOO
+    assert all(models.model_input(name) == "raster" for name in RASTER_ZOO)
+
+
 def test_unknown_name_lists_known_models():
     with pytest.raises(ValueError) as err:
         models.create_model("resnet35", NUM_CLASSES)
@@ -198,12 +223,12 @@ def test_input_size_limits():
     irv2 = models.create_model("inceptionresnetv2", NUM_CLASSES).eval()
     with pytest.raises(ValueError, match="at least 49x49"):
         irv2(torch.randn(1, 3, 48, 48))
-    assert _outputs(irv2, 49).shape == (2, NUM_CLASSES)  # the documented minimum really runs
+    assert _outputs(irv2, "inceptionresnetv2", 49).shape == (2, NUM_CLASSES)  # the documented minimum really runs
 
 
 def test_timm_models_when_installed():
     pytest.importorskip("timm")
-    assert _outputs(models.create_model("timm/resnet18", NUM_CLASSES)).shape == (2, NUM_CLASSES)
+    assert _outputs(models.create_model("timm/resnet18", NUM_CLASSES), "timm/resnet18").shape == (2, NUM_CLASSES)
 
 
 # Pretrained weights: a local HTTP server stands in for the download site; torch hub's cache lives in tmp_path.
