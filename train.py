@@ -24,6 +24,7 @@ import data_loader_time  # noqa: F401  (registers the time encoding)
 import models  # noqa: F401  (registers the architectures)
 from qdraw.atomic import link_or_copy
 from qdraw.augment import parse_augment
+from qdraw.zoo import parse_model_args
 from qdraw.checkpoint import CheckpointError, copy_checkpoint, save_checkpoint, set_rng_state
 from qdraw.config import add_config_arg, parse_args, write_config
 from qdraw.distributed import DistInfo, all_gather_objects, broadcast_buffers, cleanup, init_distributed
@@ -89,6 +90,14 @@ def _add_data_args(g: argparse._ArgumentGroup) -> None:
 def _add_model_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--model", default="resnet34", help="registered architecture, see models.list_models() "
                    "(default resnet34)")
+    g.add_argument("--model-args", type=parse_model_args, default=None,
+                   help="the builder's own settings, e.g. hidden=256,layers=3 or trunk=resnet18,grid=16 (see "
+                   "models.py; YAML: a mapping); saved in the checkpoint (default: the model's)")
+    g.add_argument("--max-points", type=int, default=128, help="models that read strokes: points per drawing, "
+                   "longer drawings evenly resampled keeping every pen lift (qdraw/points.py) (default 128)")
+    g.add_argument("--point-time", action=argparse.BooleanOptionalAction, default=None,
+                   help="models that read strokes: dt (time since the previous point) as a 7th feature "
+                   "(default: on for raw stores, which have timing)")
     g.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=False,
                    help="start from ImageNet weights (default off)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
@@ -199,8 +208,8 @@ def main(args: argparse.Namespace) -> None:
     tb = TensorBoard(out / "tb", enabled=args.tensorboard and info.is_main)
     if info.is_main:
         write_config(args, out / "config.yaml")
-        log.info("%s on %s: %d classes, %s %dpx, %d train drawings/epoch, %d val, batch %d, lr %.3g, device %s x%d",
-                 args.model, job.store.root, job.store.num_classes, args.encoding, args.image_size,
+        log.info("%s on %s: %d classes, input %s, %d train drawings/epoch, %d val, batch %d, lr %.3g, device %s x%d",
+                 args.model, job.store.root, job.store.num_classes, job.spec.describe(),
                  len(job.train_set), len(job.val_loader.dataset) if job.val_loader else 0, job.batch_size, job.lr,
                  info.device, info.world_size)
     # Last thing before the loop, so a resumed run continues from exactly the state the killed one saved.

@@ -39,7 +39,7 @@ from .render import InputSpec, RasterRender, PointsRender, make_render
 from .prepare import SYNTHETIC_DIR, ensure_synthetic
 from .schedule import CosineRestarts
 from .store import Store
-from .zoo import create_model
+from .zoo import create_model, model_input
 
 log = logging.getLogger("train")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -96,8 +96,23 @@ def seed_all(seed: int) -> None:
 
 
 def input_spec(args: argparse.Namespace, store: Store) -> InputSpec:
-    """What the model reads, from the flags: a picture in --encoding at --image-size."""
+    """What the model reads: a picture in --encoding at --image-size, or for a model that reads strokes
+    (qdraw.zoo.model_input) --max-points points per drawing, with dt when --point-time (default: raw stores)."""
+    if model_input(args.model) == "points":
+        time = store.has_time if args.point_time is None else args.point_time
+        if time and not store.has_time:
+            raise ValueError(f"--point-time needs stroke timing, but {store.root} is simplified")
+        return InputSpec.points(args.max_points, time)
     return InputSpec.raster(args.encoding, args.image_size, args.line_width)
+
+
+def model_kwargs(args: argparse.Namespace) -> dict:
+    """--model-args as builder keywords (checkpointed in model_args, so predict.py rebuilds the same network); tuples
+    become lists there, which the builders take alike."""
+    kwargs = dict(args.model_args or {})
+    if not all(isinstance(k, str) and k not in ("num_classes", "in_chans") for k in kwargs):
+        raise ValueError("--model-args sets the builder's own settings (not num_classes or in_chans)")
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
 
 
 def augmentation(args: argparse.Namespace) -> Augment:
@@ -172,7 +187,8 @@ def build_job(args: argparse.Namespace, info: DistInfo) -> Job:
     render = make_render(spec)
     train_loader, val_loader = _loaders(args, info, store, render, train_set, batch, workers)
     in_chans = spec.channels
-    model = create_model(args.model, store.num_classes, in_chans=in_chans, pretrained=args.pretrained)
+    model = create_model(args.model, store.num_classes, in_chans=in_chans, pretrained=args.pretrained,
+                         **model_kwargs(args))
     with torch.no_grad():  # a too-small --image-size fails here with the model's own message, not mid-epoch
         model.eval()(torch.zeros(render.batch_shape(1), dtype=torch.float32))
     cuda = info.device.type == "cuda"
@@ -201,9 +217,9 @@ def checkpoint_state(args: argparse.Namespace, job: Job, epoch: int, step: int, 
     """The flat, weights_only-loadable dict of qdraw.checkpoint (RNG states of every rank, in rank order)."""
     scaler = job.opts.scaler
     state = {"version": CHECKPOINT_VERSION, "arch": args.model,
-             "model_args": {"num_classes": job.store.num_classes, "in_chans": job.in_chans},
-             "classes": list(job.store.classes), "num_classes": job.store.num_classes, "encoding": args.encoding,
-             "image_size": args.image_size, "line_width": make_render(job.spec).line_width,
+             "model_args": {"num_classes": job.store.num_classes, "in_chans": job.in_chans} | model_kwargs(args),
+             "classes": list(job.store.classes), "num_classes": job.store.num_classes, "encoding": job.spec.encoding,
+             "image_size": job.spec.image_size, "line_width": getattr(make_render(job.spec), "line_width", None),
              "input": job.spec.to_dict(), "augment": job.augment.to_dict(), "data_kind": job.store.kind,
              "config": config_dict(args), "model": job.model.state_dict(), "optimizer": job.optimizer.state_dict(),
              "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch, "step": step,

@@ -61,6 +61,31 @@ def list_models() -> list[str]:
     return sorted(_model_entrypoints)
 
 
+def parse_model_args(text: str) -> dict:
+    """``name=value,...`` (train.py --model-args) as a dict: ints, floats, true/false and ':'-separated tuples of
+    ints (conv_widths=64:128) are converted, anything else stays a string."""
+
+    def value(v: str):
+        if ":" in v:
+            return tuple(value(x) for x in v.split(":"))
+        if v.lower() in ("true", "false"):
+            return v.lower() == "true"
+        for cast in (int, float):
+            try:
+                return cast(v)
+            except ValueError:
+                pass
+        return v
+
+    out = {}
+    for part in (p for p in text.split(",") if p.strip()):
+        name, sep, v = part.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--model-args {text!r}: {part!r} is not name=value")
+        out[name.strip()] = value(v.strip())
+    return out
+
+
 def model_input(name: str) -> str:
     """What model `name` reads: "raster" (images, and every `timm/<name>`) or "points" (qdraw.points sequences).
 
