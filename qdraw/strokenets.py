@@ -127,7 +127,8 @@ class MaskedBiRNN(nn.Module):
         super().__init__()
         rnn = {"gru": nn.GRU, "lstm": nn.LSTM}.get(cell)
         if rnn is None or layers < 1 or hidden < 1:
-            raise ValueError(f"need cell 'gru' or 'lstm', layers >= 1 and hidden >= 1, got {cell!r}, {layers}, {hidden}")
+            raise ValueError(f"need cell 'gru' or 'lstm', layers >= 1 and hidden >= 1, "
+                             f"got {cell!r}, {layers}, {hidden}")
         sizes = [input_size] + [2 * hidden] * (layers - 1)
         self.fwd = nn.ModuleList(rnn(s, hidden, batch_first=True) for s in sizes)
         self.bwd = nn.ModuleList(rnn(s, hidden, batch_first=True) for s in sizes)
