@@ -46,9 +46,9 @@ def main(args: argparse.Namespace) -> None:
         info = export_onnx(args.checkpoint, out, args.weights, args.opset)
     except (CheckpointError, ValueError, OSError) as exc:
         raise SystemExit(f"error: {exc}") from None
-    print(f"{out}: {info['arch']} ({info['weights']} weights), {info['classes']} classes, {info['encoding']} at "
-          f"{info['image_size']} px, line width {info['line_width']}; onnxruntime within {info['max_diff']:.1e} of "
-          f"torch; {info['bytes'] / 1e6:.1f} MB")
+    width = f", line width {info['line_width']}" if info["line_width"] else ""
+    print(f"{out}: {info['arch']} ({info['weights']} weights), {info['classes']} classes, input {info['input']}"
+          f"{width}; onnxruntime within {info['max_diff']:.1e} of torch; {info['bytes'] / 1e6:.1f} MB")
 
 
 if __name__ == "__main__":

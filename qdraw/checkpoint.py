@@ -153,7 +153,3 @@ def set_rng_state(state: dict) -> None:
                          n["cached_gaussian"]))
     p = state["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
-
-
-# FIXME: the earlier name, until export.py reads spec_of_checkpoint itself (its exporter is being replaced).
-raster_spec = spec_of_checkpoint

@@ -23,8 +23,8 @@ from .raster import check_geometry
 from .render import InputSpec, spec_of_checkpoint, to_model_input
 
 ONNX_FORMAT = 1  # version of the metadata layout below
-ONNX_KEYS = ("qdraw_format", "classes", "encoding", "image_size", "line_width", "margin", "data_kind", "arch",
-             "weights")
+ONNX_KEYS = ("qdraw_format", "classes", "data_kind", "arch", "weights")
+RASTER_KEYS = ("encoding", "image_size", "line_width", "margin")  # a picture model's (files before input_spec: all)
 
 
 @dataclass
@@ -82,23 +82,29 @@ def torch_classifier(path: str | Path, device: torch.device, weights: str = "aut
 def onnx_info(meta: dict[str, str], path: str | Path) -> tuple[dict, InputSpec, str, str]:
     """(info, raster spec, data kind, weights) from an exported file's metadata; CheckpointError when it lacks
     qdraw's fields or they do not hold together (the same checks a checkpoint's fields get)."""
-    missing = [k for k in ONNX_KEYS if k not in meta]
+    try:
+        spec = InputSpec.from_dict(json.loads(meta["input_spec"])) if "input_spec" in meta else None
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: bad metadata 'input_spec' ({exc})") from exc
+    needed = ONNX_KEYS + (RASTER_KEYS if spec is None or spec.kind == "raster" else ())
+    missing = [k for k in needed if k not in meta]
     if missing:
         raise CheckpointError(f"{path}: not an ONNX model exported by export.py (metadata lacks {', '.join(missing)})")
     if meta["qdraw_format"] != str(ONNX_FORMAT):
         raise CheckpointError(f"{path}: metadata format {meta['qdraw_format']!r}, this code reads {ONNX_FORMAT}")
     try:
         classes = json.loads(meta["classes"])
-        size, width, margin = int(meta["image_size"]), int(meta["line_width"]), int(meta["margin"])
-        check_geometry(size, width, margin)
+        if spec is None or spec.kind == "raster":
+            size, width, margin = int(meta["image_size"]), int(meta["line_width"]), int(meta["margin"])
+            check_geometry(size, width, margin)
+            spec = InputSpec.raster(meta["encoding"], size, width)
     except ValueError as exc:
         raise CheckpointError(f"{path}: bad metadata ({exc})") from exc
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise CheckpointError(f"{path}: metadata 'classes' must be a non-empty JSON list of names")
     if meta["data_kind"] not in ("simplified", "raw"):
         raise CheckpointError(f"{path}: metadata 'data_kind' must be simplified or raw, got {meta['data_kind']!r}")
-    spec = InputSpec.raster(meta["encoding"], size, width)
-    info = {"classes": classes, "encoding": meta["encoding"], "image_size": size, "input": spec.to_dict(),
+    info = {"classes": classes, "encoding": spec.encoding, "image_size": spec.image_size, "input": spec.to_dict(),
             "arch": meta["arch"]}
     return info, spec, meta["data_kind"], meta["weights"]
 
@@ -125,10 +131,11 @@ def onnx_classifier(path: str | Path, weights: str = "auto", threads: int | None
     if weights not in ("auto", held):
         raise CheckpointError(f"{path}: holds the {held} weights (chosen at export); use --weights auto or {held}")
     name = session.get_inputs()[0].name
+    dtype = np.uint8 if spec.kind == "raster" else np.float32  # pictures uint8, point sequences float32
 
     def run(x: torch.Tensor | np.ndarray) -> np.ndarray:
         x = x.numpy() if isinstance(x, torch.Tensor) else x
-        return session.run(None, {name: np.ascontiguousarray(x, np.uint8)})[0]
+        return session.run(None, {name: np.ascontiguousarray(x, dtype)})[0]
 
     return Classifier(path, info, spec, kind, held, "onnxruntime", run)
 

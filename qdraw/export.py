@@ -18,6 +18,7 @@ function of the checkpoint, graph_input, so a model of another input kind is one
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +29,12 @@ import torch
 from torch import nn
 
 from .atomic import write_bytes
-from .checkpoint import CheckpointError, load_checkpoint, raster_spec
+from .checkpoint import CheckpointError, load_checkpoint
 from .classifier import ONNX_FORMAT, onnx_info
 from .inference import build_model, select_weights
-from .raster import check_geometry
+from .points import pack_points
+from .raster import check_geometry, pack_strokes
+from .render import spec_of_checkpoint
 
 if TYPE_CHECKING:
     import onnx
@@ -54,15 +57,14 @@ class GraphInput:
 
 
 def graph_input(ckpt: dict) -> GraphInput:
-    """The input of a checkpoint's exported graph: today every model is an image model, uint8 (batch, channels, size,
-    size) with a dynamic batch.
-
-    A point-sequence model, float32 (batch, length, features) with batch and length dynamic, would be one more branch:
-    ``GraphInput("points", torch.zeros(2, 8, features), {0: "batch", 1: "length"}, "points: float32 (batch, length,
-    features)", lambda n, rng: rng.random((n, int(rng.integers(2, 64)), features), np.float32))``, with a wrapper
-    that leaves out Probabilities' uint8 scaling.
-    """
-    size, channels = raster_spec(ckpt).image_size, int(ckpt["model_args"].get("in_chans", 3))
+    """The input of a checkpoint's exported graph: an image model's uint8 (batch, channels, size, size) with a dynamic
+    batch, or a point model's float32 (batch, length, features) (qdraw.points) with batch and length dynamic."""
+    spec = spec_of_checkpoint(ckpt)
+    if spec.kind == "points":
+        return GraphInput("points", torch.zeros(2, 8, spec.channels), {0: "batch", 1: "length"},
+                          "points: float32 (batch, length, features), packed by qdraw.points",
+                          lambda n, rng: _random_points(n, rng, spec.time))
+    size, channels = spec.image_size, int(ckpt["model_args"].get("in_chans", 3))
 
     def ink(n: int, rng: np.random.Generator) -> np.ndarray:  # sparse strokes, like a drawing, not uniform noise
         shape = (n, channels, size, size)
@@ -72,24 +74,38 @@ def graph_input(ckpt: dict) -> GraphInput:
                       "image: uint8 (batch, channels, size, size), drawn by qdraw.raster", ink)
 
 
+def _random_points(n: int, rng: np.random.Generator, time: bool) -> np.ndarray:
+    """n random drawings of 1-5 strokes packed as a point model's input, at a random length (2..63 points)."""
+    drawings = [[np.c_[rng.integers(0, 256, (k, 2)), np.sort(rng.integers(0, 9000, k))] for k in
+                 rng.integers(1, 12, rng.integers(1, 6))] for _ in range(n)]
+    xy, t, strokes, offsets = pack_strokes(drawings)
+    return pack_points(xy, t if time else None, strokes, offsets, int(rng.integers(2, 64)))
+
+
 class Probabilities(nn.Module):
-    """The network with its input scaling and softmax: uint8 (B, C, S, S) → float32 (B, classes) probabilities."""
+    """The network with what predict.py does around it (qdraw.render.to_model_input) and a softmax: uint8 pictures
+    (B, C, S, S) are scaled by 1/255 first, point sequences go in as they are; out float32 (B, classes)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(x.float() / 255), 1)
+        return torch.softmax(self.model(x.float() / 255 if x.dtype == torch.uint8 else x), 1)
 
 
 def metadata(ckpt: dict, weights: str, described: str) -> dict[str, str]:
-    """The metadata_props of the exported file: string keys and values (ONNX allows nothing else)."""
-    spec = raster_spec(ckpt)
-    width, margin = check_geometry(spec.image_size, spec.line_width)
-    kind = ckpt.get("data_kind") or ("raw" if spec.encoding == "time" else "simplified")
-    return {"qdraw_format": str(ONNX_FORMAT), "classes": json.dumps(list(ckpt["classes"])), "encoding": spec.encoding,
-            "image_size": str(spec.image_size), "line_width": str(width), "margin": str(margin), "data_kind": kind,
+    """The metadata_props of the exported file: string keys and values (ONNX allows nothing else). ``input_spec`` is
+    the checkpoint's InputSpec as JSON; a picture model also gets its raster fields, resolved."""
+    spec = spec_of_checkpoint(ckpt)
+    kind = ckpt.get("data_kind") or ("raw" if spec.needs_time else "simplified")
+    raster = {}
+    if spec.kind == "raster":
+        width, margin = check_geometry(spec.image_size, spec.line_width)
+        raster = {"encoding": spec.encoding, "image_size": str(spec.image_size), "line_width": str(width),
+                  "margin": str(margin)}
+    return {"qdraw_format": str(ONNX_FORMAT), "classes": json.dumps(list(ckpt["classes"])), **raster,
+            "input_spec": json.dumps(spec.to_dict()), "data_kind": kind,
             "arch": str(ckpt["arch"]), "weights": weights, "epoch": str(ckpt.get("epoch")),
             "input": described,
             "output": "probabilities: float32 (batch, classes), softmax, columns in 'classes' order"}
@@ -100,8 +116,14 @@ def to_onnx(wrapper: nn.Module, inp: GraphInput, opset: int) -> onnx.ModelProto:
     dims = {axis: torch.export.Dim(name) for axis, name in inp.dynamic.items()}
     # dynamic_shapes follows forward's arguments: one tensor, one {axis: Dim} dict. verbose=False: the exporter
     # prints its progress to stdout otherwise, into export.py's one-line summary.
-    program = torch.onnx.export(wrapper, (inp.example,), input_names=[inp.name], output_names=["probabilities"],
-                                dynamic_shapes=(dims,), opset_version=opset, dynamo=True, verbose=False)
+    with warnings.catch_warnings():
+        # torch.export's own traced code calls torch._check_is_size (the point models' data-dependent lengths), which
+        # warns of its future removal: nothing of ours to change
+        warnings.filterwarnings("ignore", message=".*_check_is_size will be removed", category=FutureWarning)
+        # nn.GRU/nn.LSTM re-assign their flat weight list while traced (torch's own modules, not ours)
+        warnings.filterwarnings("ignore", message=".*_flat_weights.*were assigned during export", category=UserWarning)
+        program = torch.onnx.export(wrapper, (inp.example,), input_names=[inp.name], output_names=["probabilities"],
+                                    dynamic_shapes=(dims,), opset_version=opset, dynamo=True, verbose=False)
     return program.model_proto
 
 
@@ -136,7 +158,7 @@ def export_onnx(checkpoint: str | Path, output: str | Path, weights: str = "auto
     ckpt = load_checkpoint(checkpoint)
     choice, _ = select_weights(ckpt, weights, checkpoint)
     wrapper = Probabilities(build_model(ckpt, checkpoint, weights)).eval()
-    spec, inp = raster_spec(ckpt), graph_input(ckpt)
+    spec, inp = spec_of_checkpoint(ckpt), graph_input(ckpt)
     try:
         graph = to_onnx(wrapper, inp, opset)
     except Exception as exc:  # the exporter's errors are long; the first line names the unsupported operator
@@ -151,6 +173,5 @@ def export_onnx(checkpoint: str | Path, output: str | Path, weights: str = "auto
     onnx_info(meta, output)  # the reader accepts what was written (one definition of the fields)
     worst = check_export(data, wrapper, inp)
     write_bytes(output, data)
-    return {"arch": ckpt["arch"], "weights": choice, "classes": len(ckpt["classes"]), "encoding": spec.encoding,
-            "image_size": spec.image_size, "line_width": int(meta["line_width"]), "max_diff": worst,
-            "bytes": len(data)}
+    return {"arch": ckpt["arch"], "weights": choice, "classes": len(ckpt["classes"]), "input": spec.describe(),
+            "line_width": meta.get("line_width"), "max_diff": worst, "bytes": len(data)}
