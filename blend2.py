@@ -12,7 +12,8 @@ vocabulary of predict.py and stack.py; the older names --output, --save-probs an
     python blend2.py --submission sub.csv runs/a/test.csv.gz runs/b/test.csv.gz
     python blend2.py --search-weights --method gmean --labels runs/a/val_labels.csv \
         runs/a/val.csv.gz runs/b/val.csv.gz
-    python blend2.py --submission sub.csv --method gmean --balance runs/a/test.csv.gz runs/b/test.csv.gz --weights 0.62 0.38
+    python blend2.py --submission sub.csv --method gmean --balance runs/a/test.csv.gz runs/b/test.csv.gz \
+        --weights 0.62 0.38
     python blend2.py --submission sub.csv --method vote --rank-weight "1/(r+1)" sub_a.csv sub_b.csv runs/c/test.csv.gz
 """
 from __future__ import annotations
@@ -71,27 +72,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse and check flag combinations; conflicts end in parser.error (usage + message, exit 2)."""
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
+def check_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Flag combinations no run could use: ValueError, which main turns into one error line."""
     if args.weights is not None and len(args.weights) != len(args.inputs):
-        parser.error(f"--weights has {len(args.weights)} values for {len(args.inputs)} prediction files")
+        raise ValueError(f"--weights has {len(args.weights)} values for {len(args.inputs)} prediction files")
     if args.weights is not None and (min(args.weights) < 0 or sum(args.weights) <= 0):
-        parser.error("--weights must be non-negative with a positive sum")
+        raise ValueError("--weights must be non-negative with a positive sum")
     if args.search_weights and args.labels is None:
-        parser.error("--search-weights needs --labels (labels of the blended drawings)")
+        raise ValueError("--search-weights needs --labels (labels of the blended drawings)")
     if args.search_weights and args.weights is not None:
-        parser.error("--search-weights and --weights exclude each other")
+        raise ValueError("--search-weights and --weights exclude each other")
     if not (args.submission or args.preds or args.labels):
-        parser.error("nothing to do: give --submission, --preds or --labels")
+        raise ValueError("nothing to do: give --submission, --preds or --labels")
     if args.method == "vote":
         if args.search_weights or args.balance:
-            parser.error("--method vote takes no --search-weights or --balance (they need probabilities)")
+            raise ValueError("--method vote takes no --search-weights or --balance (they need probabilities)")
         try:
             rank_weights(args.rank_weight, args.vote_depth)
         except ValueError as e:
-            parser.error(f"--rank-weight: {e}")
+            raise ValueError(f"--rank-weight: {e}") from None
     return args
 
 
@@ -178,6 +177,10 @@ def _report(args: argparse.Namespace, probs: list[np.ndarray], labels: np.ndarra
 
 
 def main(args: argparse.Namespace) -> None:
+    try:
+        check_args(args)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     if args.method == "vote":
         preds, ranks, files = _load_vote(args.inputs, args.vote_depth)
         probs = [-r for r in ranks]  # what the report ranks each input by: its own order
@@ -216,4 +219,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    main(get_args_parser().parse_args())

@@ -23,7 +23,8 @@ from qdraw.store import Store, StoreError
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", default=None, help="folder of per-class .ndjson/.csv/.bin/.npz files (.gz too), or "
                    "'synthetic' (required unless --verify)")
     p.add_argument("--output", default=None, help="store folder to write (reruns skip finished classes; required "
@@ -31,7 +32,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", default=None, metavar="STORE",
                    help="check every block of a prepared store (structure, labels, CRC-32) instead of packing")
     p.add_argument("--block-size", type=int, default=10000, help="drawings per training block (default 10000)")
-    p.add_argument("--val-every", type=int, default=30, help="1 in N drawings (by key_id) go to validation (default 30)")
+    p.add_argument("--val-every", type=int, default=30,
+                   help="1 in N drawings (by key_id) go to validation (default 30)")
     p.add_argument("--split-by", choices=("file", "keyid"), default="file",
                    help="Sketch-RNN .npz only: keep the files' train/valid/test split (file) or split every drawing "
                    "by its key_id hash like the other formats (keyid) (default file)")
@@ -40,8 +42,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="read at most N rows per class, per split for .npz (default all)")
     p.add_argument("--test", default=None, help="Kaggle test CSV to pack (default: ../test_<kind>.csv when present)")
     p.add_argument("--no-test", action="store_true", help="do not look for a test CSV")
-    p.add_argument("--workers", type=int, default=os.cpu_count(), help="processes, one class at a time each (default: cores)")
-    p.add_argument("--synthetic-per-class", type=int, default=1500, help="drawings per class for 'synthetic' (default 1500)")
+    p.add_argument("--workers", type=int, default=os.cpu_count(),
+                   help="processes, one class at a time each (default: cores)")
+    p.add_argument("--synthetic-per-class", type=int, default=1500,
+                   help="drawings per class for 'synthetic' (default 1500)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic generator (default 0)")
     return p
 

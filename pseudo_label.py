@@ -35,20 +35,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
+def check_args(args: argparse.Namespace) -> None:
+    """Values no run could use: ValueError, which main turns into one error line."""
     if args.threshold is None and args.top_share is None:
-        parser.error("give --threshold, --top-share or both")
+        raise ValueError("give --threshold, --top-share or both")
     if args.threshold is not None and not 0 < args.threshold <= 1:
-        parser.error(f"--threshold must be in (0, 1], got {args.threshold}")
+        raise ValueError(f"--threshold must be in (0, 1], got {args.threshold}")
     if args.top_share is not None and not 0 < args.top_share <= 1:
-        parser.error(f"--top-share must be in (0, 1], got {args.top_share}")
-    return args
+        raise ValueError(f"--top-share must be in (0, 1], got {args.top_share}")
 
 
 def main(args: argparse.Namespace) -> None:
     try:
+        check_args(args)
         store = Store(args.input)
         preds = read_predictions(args.preds)
         out = Path(args.output) if args.output else store.root
@@ -64,4 +63,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    main(get_args_parser().parse_args())

@@ -78,32 +78,28 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse and check flag combinations; conflicts end in parser.error (usage + message, exit 2)."""
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
+def check_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Flag combinations no run could use: ValueError, which main turns into one error line; resolves --features."""
     if args.test is not None and len(args.test) != len(args.val):
-        parser.error(f"--test has {len(args.test)} files for {len(args.val)} --val files (one per model, same order)")
+        raise ValueError(f"--test has {len(args.test)} files for {len(args.val)} --val files (one per model, same "
+                         f"order)")
     if (args.submission or args.preds) and args.test is None:
-        parser.error("--submission and --preds need --test")
+        raise ValueError("--submission and --preds need --test")
     if args.top_k < 3:
-        parser.error("--top-k must be at least 3 so every drawing has 3 candidates")
+        raise ValueError("--top-k must be at least 3 so every drawing has 3 candidates")
     if args.folds == 1 or args.folds < 0:
-        parser.error("--folds must be 0 (use --holdout) or at least 2")
+        raise ValueError("--folds must be 0 (use --holdout) or at least 2")
     if not args.folds and not 0 < args.holdout < 1:
-        parser.error("--holdout must be a fraction in (0, 1)")
+        raise ValueError("--holdout must be a fraction in (0, 1)")
     if args.rounds < 1 or args.early_stopping < 1 or args.num_leaves < 2 or args.min_data_in_leaf < 0:
-        parser.error("need --rounds >= 1, --early-stopping >= 1, --num-leaves >= 2 and --min-data-in-leaf >= 0")
+        raise ValueError("need --rounds >= 1, --early-stopping >= 1, --num-leaves >= 2 and --min-data-in-leaf >= 0")
     if not args.lr > 0 or args.threads < 0:
-        parser.error("need --lr > 0 and --threads >= 0")
-    try:
-        args.features = feature_list(args.features, args.drawings is not None)
-    except ValueError as e:
-        parser.error(str(e))
+        raise ValueError("need --lr > 0 and --threads >= 0")
+    args.features = feature_list(args.features, args.drawings is not None)
     for flag, path in (("--submission", args.submission), ("--preds", args.preds), ("--model-out", args.model_out),
                        ("--importance", args.importance)):
         if path and not Path(path).resolve().parent.is_dir():
-            parser.error(f"{flag} {path}: no such folder {Path(path).parent}")
+            raise ValueError(f"{flag} {path}: no such folder {Path(path).parent}")
     return args
 
 
@@ -122,6 +118,10 @@ def _load(paths: list[str], what: str, classes: list[str] | None = None) -> list
 
 
 def main(args: argparse.Namespace) -> None:
+    try:
+        check_args(args)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     val = _load(args.val, "--val")
     classes, probs = val[0].classes, [p.probs for p in val]
     try:
@@ -164,4 +164,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    main(get_args_parser().parse_args())

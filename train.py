@@ -26,7 +26,7 @@ from qdraw.atomic import link_or_copy
 from qdraw.augment import parse_augment
 from qdraw.zoo import parse_model_args
 from qdraw.checkpoint import CheckpointError, copy_checkpoint, save_checkpoint, set_rng_state
-from qdraw.config import add_config_arg, parse_args, write_config
+from qdraw.config import ConfigArgumentParser, add_config_arg, write_config
 from qdraw.distributed import DistInfo, all_gather_objects, broadcast_buffers, cleanup, init_distributed
 from qdraw.engine import evaluate, train_one_epoch
 from qdraw.job import (AMP_DTYPES, Job, build_job, checkpoint_state, output_dir, resume, seed_all, snapshot_epochs,
@@ -35,12 +35,11 @@ from qdraw.loader import BACKENDS
 from qdraw.logs import TensorBoard, plot_curves, setup_logging, trim_summary, update_summary
 from qdraw.store import StoreError
 
-log = logging.getLogger("train")
+log = logging.getLogger(__name__)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ConfigArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arg(p)
     _add_data_args(p.add_argument_group("Data"))
     _add_model_args(p.add_argument_group("Model"))
@@ -331,4 +330,4 @@ def _finish(out: Path, tb: TensorBoard, val: dict[str, float], best: float) -> N
 
 
 if __name__ == "__main__":
-    main(parse_args(get_args_parser()))
+    main(get_args_parser().parse_args())

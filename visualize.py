@@ -121,7 +121,8 @@ def save_grid(columns: list[tuple[str, np.ndarray]], row_labels: list[str], path
     fmt = path.suffix.lstrip(".").lower() or "png"
     if fmt not in fig.canvas.get_supported_filetypes():
         plt.close(fig)
-        raise ValueError(f"Format {fmt!r} is not supported (use one of {', '.join(fig.canvas.get_supported_filetypes())})")
+        known = ", ".join(fig.canvas.get_supported_filetypes())
+        raise ValueError(f"Format {fmt!r} is not supported (use one of {known})")
     with atomic_write(path) as f:
         fig.savefig(f, format=fmt, dpi=100, facecolor="white")
     plt.close(fig)

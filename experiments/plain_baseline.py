@@ -46,7 +46,8 @@ def main() -> None:
     start = time.time()
     train = pd.concat([pd.read_csv(f"{args.data}/train_simplified/{c}.csv") for c in CLASSES])
     x, y = images(train["drawing"]), torch.tensor([CLASSES.index(w) for w in train["word"]])
-    test = pd.read_csv(f"{args.data}/test_simplified.csv").merge(pd.read_csv(f"{args.data}/test_simplified_solution.csv"))
+    test = pd.read_csv(f"{args.data}/test_simplified.csv")
+    test = test.merge(pd.read_csv(f"{args.data}/test_simplified_solution.csv"))
     test = test[test["word"].str.replace("_", " ").isin(CLASSES)]
     xt = images(test["drawing"])
     model = torchvision.models.resnet34(num_classes=len(CLASSES))

@@ -151,7 +151,8 @@ def blend_rows(run: Runner, work: Path, parts: list[tuple[str, Path]], labels: P
         for bal in (False, True):
             out = work / f"blend_{method}{'_bal' if bal else ''}.csv.gz"
             run("blend2.py", "--method", method, *(["--balance"] if bal else []), "--preds", str(out),
-                "--submission", str(work / f"sub_blend_{method}{'_bal' if bal else ''}.csv"), *[str(p) for _, p in parts])
+                "--submission", str(work / f"sub_blend_{method}{'_bal' if bal else ''}.csv"),
+                *[str(p) for _, p in parts])
             m = score(out, labels)
             rows.append(Row("s16", f"blend {method}", names, 0, 0, 0.0, True, bal, m["n"], m["map3"], m["top1"]))
             print(f"  blend {method} balance={bal}: MAP@3 {m['map3']:.4f}", flush=True)
@@ -247,7 +248,8 @@ def main(args: argparse.Namespace) -> None:
     print(f"best 16-class MAP@3 {best.map3:.4f} ({best.name} {best.encoding} tta={best.tta} balance={best.balance})")
     if args.write:
         bs = best_single
-        pred = work / "runs" / f"s16-{bs.encoding}-s0" / f"test{'_tta' if bs.tta else ''}{'_bal' if bs.balance else ''}.csv.gz"
+        name = f"test{'_tta' if bs.tta else ''}{'_bal' if bs.balance else ''}.csv.gz"
+        pred = work / "runs" / f"s16-{bs.encoding}-s0" / name
         confusion_png(pred, labels16, REPO / args.confusion,
                       f"{bs.name} {bs.encoding} {args.image_size}px, TTA {bs.tta}, balance {bs.balance}: "
                       f"MAP@3 {bs.map3:.3f} on {bs.n} Kaggle test drawings")

@@ -53,7 +53,8 @@ VARIANTS = [
     Variant("EMA 0.995", {}, "ema", "the base runs' EMA weights (BatchNorm statistics averaged with them)"),
     Variant("average of last 3 epochs", {}, "avg3", "the base runs' epochs 5-7 averaged, BatchNorm re-estimated"),
     Variant("snapshots of 4 cycles", {"snapshots": None}, "snapshots",
-            "four cosine cycles of a quarter of the run, their 4 end-of-cycle snapshots averaged, BatchNorm re-estimated"),
+            "four cosine cycles of a quarter of the run, their 4 end-of-cycle snapshots averaged, BatchNorm "
+            "re-estimated"),
     Variant("label smoothing 0.1", {"label-smoothing": "0.1"}),
     Variant("line width 1", {"line-width": "1"}),
     Variant("line width 3", {"line-width": "3"}),
@@ -69,13 +70,15 @@ VARIANTS = [
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 2)[2])
     p.add_argument("step", choices=["ablation", "compare", "configs"])
     p.add_argument("--data-root", default=str(REPO.parent / "shared/data/quickdraw"), help="the real drawings")
     p.add_argument("--work", default="runs/recipes", help="stores, runs and predictions (default runs/recipes)")
     p.add_argument("--seeds", default="0,1", help="comma list of seeds (default 0,1)")
-    p.add_argument("--only", default=None, help="variants (ablation) or configs (configs: name or name-eN) to run, comma list (default all)")
+    p.add_argument("--only", default=None, help="variants (ablation) or configs (configs: name or name-eN) to run, "
+                   "comma list (default all)")
     p.add_argument("--epochs", type=int, default=8, help="ablation: epochs of the base run (default 8; the "
                    "fitted cosine period follows)")
     p.add_argument("--plain-epochs", type=int, default=4, help="compare: epochs of the plain reference (default 4: "
@@ -128,7 +131,8 @@ class Lab:
         """predict.py (--tta by default) on the labelled test split; returns (prediction CSV, predict wall s)."""
         out = ckpt.with_name(f"{ckpt.stem}_{weights}{'' if tta else '_notta'}_test.csv.gz")
         cmd = ("predict.py", "--checkpoint", str(ckpt), "--input", str(self.store), "--split", "test",
-               *(["--tta"] if tta else []), "--weights", weights, "--preds", str(out), "--labels", str(self.labels), "--quiet", "--workers", "2")
+               *(["--tta"] if tta else []), "--weights", weights, "--preds", str(out), "--labels", str(self.labels),
+               "--quiet", "--workers", "2")
         timing = out.with_name(out.name + ".json")
         if timing.is_file() and out.is_file():
             self.run.note(*cmd)
@@ -163,7 +167,8 @@ def ablation(lab: Lab, seeds: list[int], only: set[str] | None, epochs: int) -> 
     preds = {(v.name, seed): _ablation_pred(lab, v, seed, epochs) for seed in seeds for v in chosen}  # seed 0 first
     aps = {v.name: [per_drawing_ap(preds[v.name, s], lab.labels)[1] for s in seeds] for v in chosen}
     base = aps["base"]
-    lines = ["| variant | what changes | MAP@3 (mean of seeds) | per seed | vs base (paired) |", "|---|---|---|---|---|"]
+    lines = ["| variant | what changes | MAP@3 (mean of seeds) | per seed | vs base (paired) |",
+             "|---|---|---|---|---|"]
     for v in VARIANTS:
         if v.name not in aps:
             continue

@@ -104,7 +104,8 @@ def main_table(lab: Lab, seeds: list[int], recipe: str, models: list[str]) -> st
         cnn_preds.append(pred)
         cnn_val.append(_val_preds(lab, run / "last.pth"))
         cnn_aps.append(per_drawing_ap(pred, lab.labels)[1])
-        lines.append(f"| CNN recipe (resnet34 48 px) | {seed} | {cnn_aps[-1].mean():.4f} | — | {wall:.0f} | {cpu:.0f} |")
+        lines.append(f"| CNN recipe (resnet34 48 px) | {seed} | {cnn_aps[-1].mean():.4f} | — | {wall:.0f} | "
+                     f"{cpu:.0f} |")
     for model in models:
         aps, blends = [], {}
         for i, seed in enumerate(seeds):

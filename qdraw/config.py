@@ -3,7 +3,8 @@
 A first parser reads only ``-c/--config``; the YAML's keys become the full parser's defaults (``set_defaults``); the
 full parser then reads the command line. Precedence is therefore CLI > YAML > code default, and a YAML key is exactly
 an argparse ``dest`` (``batch_size`` for ``--batch-size``). Unknown keys and values outside a flag's choices are
-errors, not silently ignored settings. train.py and predict.py share this.
+errors, not silently ignored settings. train.py's parser is a :class:`ConfigArgumentParser`, so it is run like every
+other script's: ``main(get_args_parser().parse_args())``.
 """
 from __future__ import annotations
 
@@ -19,6 +20,18 @@ def add_config_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", default=None, metavar="YAML",
                         help="YAML file of defaults; its keys are this parser's dests, flags override them "
                              "(default: none)")
+
+
+class ConfigArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser that first reads the YAML named by -c/--config into its defaults (module docstring)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        first = argparse.ArgumentParser(add_help=False)
+        first.add_argument("-c", "--config", default=None)
+        known, _ = first.parse_known_args(args)
+        if known.config:
+            self.set_defaults(**_read_config(self, known.config))
+        return super().parse_known_args(args, namespace)
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:

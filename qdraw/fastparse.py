@@ -2,8 +2,8 @@
 
 orjson turns every coordinate into a Python int, which caps a packer at about 40k drawings/s/core. This parser reads
 the bytes of many rows at once and writes coordinates straight into flat float64 arrays. It accepts only the exact
-shapes Google and Kaggle write (a CSV row whose drawing field is ``[[[x…],[y…](,[t…])?], …]``, or an ndjson object
-with ``"drawing"``, ``"key_id"``, ``"countrycode"`` and ``"recognized"``); numbers are parsed exactly (integer
+shapes Google and Kaggle write (a CSV row whose drawing field is ``[[[x…],[y…](,[t…])?], …]``, or an ndjson
+object with ``"drawing"``, ``"key_id"``, ``"countrycode"`` and ``"recognized"``); numbers are parsed exactly (integer
 mantissa < 2**53 and a decimal exponent within ±22, i.e. one correctly rounded IEEE operation, as orjson gets). Any
 row it does not accept is flagged, and the caller re-reads it with orjson (qdraw.readers), which has the final word:
 this parser can only make rows faster, never drop or alter one.

@@ -41,7 +41,7 @@ from .schedule import CosineRestarts
 from .store import Store
 from .zoo import create_model, model_input
 
-log = logging.getLogger("train")
+log = logging.getLogger(__name__)
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

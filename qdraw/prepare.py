@@ -198,12 +198,14 @@ def report(result: dict) -> None:
         total["val"] += sum(st["val"])
         skipped.update(st["skipped"])
         if st["skipped"]:
-            print(f"  {name}: skipped {sum(st['skipped'].values())} ({', '.join(f'{k}: {v}' for k, v in st['skipped'].items())})")
+            why = ", ".join(f"{k}: {v}" for k, v in st["skipped"].items())
+            print(f"  {name}: skipped {sum(st['skipped'].values())} ({why})")
     print(f"{result['kind']}: {len(result['classes'])} classes, {total['read']} rows read, {total['train']} train, "
           f"{total['val']} val, {sum(skipped.values())} skipped" + (f" ({dict(skipped)})" if skipped else ""))
     if result["test"]:
         t = result["test"]
-        print(f"test: {t['read']} rows read, {sum(t['train'])} packed ({'labelled' if t['labelled'] else 'unlabelled'}),"
+        labelled = "labelled" if t["labelled"] else "unlabelled"
+        print(f"test: {t['read']} rows read, {sum(t['train'])} packed ({labelled}),"
               f" {sum(t['skipped'].values())} skipped" + (f" ({t['skipped']})" if t["skipped"] else ""))
 
 

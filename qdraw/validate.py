@@ -55,7 +55,8 @@ def check_header(header: object, path: Path, data_start: int, file_size: int, al
         shape, offset = spec.get("shape"), spec.get("offset")
         if (not isinstance(shape, list) or len(shape) != 1 + len(ndim_tail) or not all(map(_is_int, shape))
                 or min(shape) < 0 or tuple(shape[1:]) != ndim_tail):
-            raise StoreError(f"{path}: array {name} has shape {shape!r}, expected (n{''.join(f', {d}' for d in ndim_tail)})")
+            tail = "".join(f", {d}" for d in ndim_tail)
+            raise StoreError(f"{path}: array {name} has shape {shape!r}, expected (n{tail})")
         if not _is_int(offset) or offset < 0 or offset % align:
             raise StoreError(f"{path}: array {name} has offset {offset!r}, expected a multiple of {align} >= 0")
         nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize

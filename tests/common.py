@@ -30,6 +30,11 @@ def run_train(argv: list[str]) -> None:
     train.main(parse_args(train.get_args_parser(), argv))
 
 
+def run_cli(module, argv: list[str]) -> None:
+    """A script's main on argv, the way its ``__main__`` block runs it: main(get_args_parser().parse_args(argv))."""
+    module.main(module.get_args_parser().parse_args(argv))
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     import socket

@@ -8,6 +8,7 @@ import pytest
 
 import blend2
 from qdraw.predictions import blend, read_predictions, write_predictions
+from common import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["air plane", "bee", "cat"]
@@ -86,8 +87,8 @@ class TestCli:
     def test_blend_and_report(self, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         paths, sol = _write_set(tmp_path)
         out, probs_out = tmp_path / "sub.csv", tmp_path / "blend.csv.gz"
-        blend2.main(blend2.parse_args(["--output", str(out), "--solution", str(sol), "--method", "gmean",
-                                       "--save-probs", str(probs_out), "--weights", "3", "1", "--", *map(str, paths)]))
+        run_cli(blend2, ["--output", str(out), "--solution", str(sol), "--method", "gmean",
+                                       "--save-probs", str(probs_out), "--weights", "3", "1", "--", *map(str, paths)])
         text = capsys.readouterr().out
         assert "MAP@3" in text and "blend gmean" in text and str(paths[1]) in text
         keys, blended, classes = read_predictions(probs_out)
@@ -103,17 +104,17 @@ class TestCli:
 
     def test_search_weights_prints_reusable_flag(self, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         paths, sol = _write_set(tmp_path, n=300)
-        blend2.main(blend2.parse_args(["--search-weights", "--solution", str(sol), *map(str, paths)]))
+        run_cli(blend2, ["--search-weights", "--solution", str(sol), *map(str, paths)])
         flag = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("--weights "))
         weights = [float(w) for w in flag.split()[1:]]
         assert len(weights) == 2 and weights[0] > weights[1]
-        args = blend2.parse_args(["--solution", str(sol), *map(str, paths), *flag.split()])
+        args = blend2.get_args_parser().parse_args(["--solution", str(sol), *map(str, paths), *flag.split()])
         assert args.weights == weights
 
     def test_balance_runs(self, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         paths, sol = _write_set(tmp_path)
-        blend2.main(blend2.parse_args(["--output", str(tmp_path / "s.csv"), "--solution", str(sol), "--balance",
-                                       *map(str, paths)]))
+        run_cli(blend2, ["--output", str(tmp_path / "s.csv"), "--solution", str(sol), "--balance",
+                                       *map(str, paths)])
         assert "blend mean + balance" in capsys.readouterr().out
         assert len((tmp_path / "s.csv").read_text().splitlines()) == 41
 
@@ -135,18 +136,17 @@ class TestCli:
         assert not out.exists()
 
     def test_weight_count_must_match(self, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-        with pytest.raises(SystemExit) as exc:
-            blend2.parse_args(["--output", "s.csv", "a.csv", "b.csv", "--weights", "1", "2", "3"])
-        assert exc.value.code == 2
-        assert "--weights has 3 values for 2 prediction files" in capsys.readouterr().err
-        with pytest.raises(SystemExit):
-            blend2.parse_args(["--output", "s.csv", "--weights", "1", "2", "a.csv", "b.csv"])
+        with pytest.raises(SystemExit, match="^error: --weights has 3 values for 2 prediction files$"):
+            run_cli(blend2, ["--output", "s.csv", "a.csv", "b.csv", "--weights", "1",
+                                                             "2", "3"])
+        with pytest.raises(SystemExit):  # argparse's own type error: usage + message
+            blend2.get_args_parser().parse_args(["--output", "s.csv", "--weights", "1", "2", "a.csv", "b.csv"])
         assert "'a.csv' is not a number; put the prediction files before --weights" in capsys.readouterr().err
 
     def test_missing_labels_refused(self, tmp_path: Path) -> None:
         paths, sol = _write_set(tmp_path)
         sol.write_text("\n".join(sol.read_text().splitlines()[:-1]) + "\n")
         with pytest.raises(SystemExit, match="error: .*1 of 40 key_ids have no label"):
-            blend2.main(blend2.parse_args(["--output", str(tmp_path / "s.csv"), "--solution", str(sol),
-                                           *map(str, paths)]))
+            run_cli(blend2, ["--output", str(tmp_path / "s.csv"), "--solution", str(sol),
+                                           *map(str, paths)])
         assert not (tmp_path / "s.csv").exists()

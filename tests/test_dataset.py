@@ -373,7 +373,8 @@ def test_bench_raster_draws_the_loaders_epoch(raw_store, capsys):
     p = argparse.ArgumentParser()
     bench_raster.add_args(p)
     args = p.parse_args(["--data", str(raw_store), "--size", "64", "--drawings", "160", "--baseline-drawings", "8",
-                         "--batch-size", "16", "--threads", "1,2", "--workers", "0", "--min-seconds", "0.2", "--cycle-threads", "2",
+                         "--batch-size", "16", "--threads", "1,2", "--workers", "0", "--min-seconds", "0.2",
+                         "--cycle-threads", "2",
                          "--probes", "1", "--probe-seconds", "0.2"])
     bench_raster.run(args)
     out = capsys.readouterr().out

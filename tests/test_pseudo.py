@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import pseudo_label
-from common import run_train, train_argv
+from common import run_train, train_argv, run_cli
 from qdraw.dataset import BalancedBlockDataset, SplitDataset
 from qdraw.predictions import write_predictions
 from qdraw.prepare import PrepareOptions, prepare
@@ -65,8 +65,8 @@ def test_pseudo_label_writes_a_marked_source_outside_validation(store_with_test,
     root, keys = store_with_test
     top1 = _preds(root, keys, tmp_path / "p.csv.gz")
     out = tmp_path / "st_pseudo"
-    pseudo_label.main(pseudo_label.parse_args(["--preds", str(tmp_path / "p.csv.gz"), "--input", str(root),
-                                               "--output", str(out), "--threshold", "0.8"]))
+    run_cli(pseudo_label, ["--preds", str(tmp_path / "p.csv.gz"), "--input", str(root),
+                                               "--output", str(out), "--threshold", "0.8"])
     assert "1 dropped as validation drawings" in capsys.readouterr().out
     store = Store(out)
     meta = store.pseudo_meta()
@@ -87,8 +87,8 @@ def test_pseudo_blocks_survive_a_prepare_rerun_and_reach_training(store_with_tes
                                                                   tmp_path: Path) -> None:
     root, keys = store_with_test
     _preds(root, keys, tmp_path / "p.csv")
-    pseudo_label.main(pseudo_label.parse_args(["--preds", str(tmp_path / "p.csv"), "--input", str(root),
-                                               "--top-share", "0.5"]))  # in place
+    run_cli(pseudo_label, ["--preds", str(tmp_path / "p.csv"), "--input", str(root),
+                                               "--top-share", "0.5"])  # in place
     before = Store(root).pseudo_block_sizes()
     assert sum(map(sum, before.values())) == 29  # ceil(0.5 * 10) of each of 6 predicted classes, less 1 in val
     prepare(PrepareOptions(output=str(root), block_size=30, val_every=10, workers=1), raw_store.parent / "src")
@@ -120,7 +120,7 @@ def test_pseudo_errors(store_with_test, tmp_path: Path, raw_store: Path) -> None
         BalancedBlockDataset(Store(root), pseudo_share=0.2)
     write_predictions(tmp_path / "bad.csv", keys[:3] + 7, np.full((3, 6), 1 / 6), Store(root).classes)
     with pytest.raises(SystemExit, match="error: 3 key_ids of the prediction file are not in"):
-        pseudo_label.main(pseudo_label.parse_args(["--preds", str(tmp_path / "bad.csv"), "--input", str(root),
-                                                   "--threshold", "0.1"]))
+        run_cli(pseudo_label, ["--preds", str(tmp_path / "bad.csv"), "--input", str(root),
+                                                   "--threshold", "0.1"])
     with pytest.raises(SystemExit, match="error: .*pseudo-share must be in"):
         run_train(train_argv(root, tmp_path / "run", "--pseudo-share", "1"))

@@ -9,6 +9,7 @@ import stack
 from qdraw import stacking
 from qdraw.metrics import ranking_metrics
 from qdraw.predictions import read_predictions, write_predictions
+from common import run_cli
 
 M0 = np.array([[0.5, 0.2, 0.15, 0.1, 0.05], [0.1, 0.2, 0.3, 0.4, 0.0]])
 M1 = np.array([[0.1, 0.5, 0.05, 0.15, 0.2], [0.1, 0.2, 0.3, 0.4, 0.0]])
@@ -107,9 +108,9 @@ def _write_model_files(folder: Path) -> tuple[list[str], list[str], Path, np.nda
 def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     val, test, sol, test_keys = _write_model_files(tmp_path)
     out, probs_out, model = tmp_path / "sub.csv", tmp_path / "stack.csv.gz", tmp_path / "stack.txt"
-    stack.main(stack.parse_args(["--val", *val, "--labels", str(sol), "--test", *test, "--output", str(out),
+    run_cli(stack, ["--val", *val, "--labels", str(sol), "--test", *test, "--output", str(out),
                                  "--save-probs", str(probs_out), "--model-out", str(model), "--min-data-in-leaf",
-                                 "5", "--threads", "1", "--rounds", "200"]))
+                                 "5", "--threads", "1", "--rounds", "200"])
     text = capsys.readouterr().out
     assert "held-out MAP@3 on 20 of 100 drawings" in text and "stacker" in text and "mean blend" in text
     lines = out.read_text().splitlines()
@@ -124,9 +125,9 @@ def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 
 def test_cli_folds_write_one_model_per_fold(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     val, _, sol, _ = _write_model_files(tmp_path)
-    stack.main(stack.parse_args(["--val", *val, "--labels", str(sol), "--folds", "3", "--model-out",
+    run_cli(stack, ["--val", *val, "--labels", str(sol), "--folds", "3", "--model-out",
                                  str(tmp_path / "s.txt"), "--min-data-in-leaf", "5", "--threads", "1",
-                                 "--rounds", "50"]))
+                                 "--rounds", "50"])
     assert "out-of-fold MAP@3 on 100 of 100 drawings" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.glob("s.fold*.txt")) == ["s.fold0.txt", "s.fold1.txt", "s.fold2.txt"]
 
@@ -140,8 +141,9 @@ def test_cli_folds_write_one_model_per_fold(tmp_path: Path, capsys: pytest.Captu
 def test_cli_flag_conflicts(tmp_path: Path, capsys: pytest.CaptureFixture, argv_change, message: str) -> None:
     val, test, sol, _ = _write_model_files(tmp_path)
     with pytest.raises(SystemExit) as exc:
-        stack.parse_args(["--val", *val, "--labels", str(sol), "--output", "x.csv", *argv_change(val, test)])
-    assert exc.value.code == 2 and message in capsys.readouterr().err
+        run_cli(stack, ["--val", *val, "--labels", str(sol), "--output", "x.csv",
+                                                       *argv_change(val, test)])
+    assert str(exc.value).startswith("error: ") and message in str(exc.value)
 
 
 def test_cli_refuses_other_classes_nothing_written(tmp_path: Path) -> None:
@@ -150,5 +152,5 @@ def test_cli_refuses_other_classes_nothing_written(tmp_path: Path) -> None:
     write_predictions(test[1], keys, probs, classes[:-1] + ["dog"])
     out = tmp_path / "sub.csv"
     with pytest.raises(SystemExit, match="error: .*m1_test.csv.gz: class set differs"):
-        stack.main(stack.parse_args(["--val", *val, "--labels", str(sol), "--test", *test, "--output", str(out)]))
+        run_cli(stack, ["--val", *val, "--labels", str(sol), "--test", *test, "--output", str(out)])
     assert not out.exists()

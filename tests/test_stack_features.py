@@ -12,6 +12,7 @@ from qdraw.features import block_features, store_features
 from qdraw.metrics import ranking_metrics
 from qdraw.predictions import write_predictions
 from qdraw.store import FORMAT_VERSION, Store, make_block, write_block
+from common import run_cli
 
 # Three raw drawings: (x, y, t) per point, strokes as lists.
 DRAWINGS = [
@@ -119,10 +120,10 @@ def test_cli_drawings_importance_and_missing_test_feature(tmp_path: Path, capsys
         write_predictions(test[-1], test_keys, p[150:], classes)
     (tmp_path / "labels.csv").write_text("key_id,word\n" + "".join(f"{k},c{y}\n" for k, y in zip(val_keys, labels)))
     imp = tmp_path / "imp.csv"
-    stack.main(stack.parse_args(["--val", *val, "--labels", str(tmp_path / "labels.csv"), "--test", *test,
+    run_cli(stack, ["--val", *val, "--labels", str(tmp_path / "labels.csv"), "--test", *test,
                                  "--drawings", str(tmp_path / "st"), "--importance", str(imp), "--min-data-in-leaf",
                                  "5", "--threads", "1", "--top-k", "3", "--preds", str(tmp_path / "s.csv"),
-                                 "--model-out", str(tmp_path / "m.txt")]))
+                                 "--model-out", str(tmp_path / "m.txt")])
     out = capsys.readouterr().out
     assert "note: feature recognized dropped" in out and "feature max_time: a value for 0.0% / 0.0%" in out
     assert "feature country: a value for 100.0% / 0.0%" in out  # FR unseen in validation: an unknown category
@@ -134,8 +135,8 @@ def test_cli_drawings_importance_and_missing_test_feature(tmp_path: Path, capsys
 
 
 def test_cli_drawing_features_need_drawings(capsys: pytest.CaptureFixture) -> None:
-    with pytest.raises(SystemExit) as exc:
-        stack.parse_args(["--val", "v.csv", "--labels", "l.csv", "--features", "class,strokes"])
-    assert exc.value.code == 2 and "need --drawings" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        stack.parse_args(["--val", "v.csv", "--labels", "l.csv", "--features", "colour"])
+    with pytest.raises(SystemExit, match="^error: .*need --drawings"):
+        run_cli(stack, ["--val", "v.csv", "--labels", "l.csv", "--features",
+                                                       "class,strokes"])
+    with pytest.raises(SystemExit, match="^error: "):
+        run_cli(stack, ["--val", "v.csv", "--labels", "l.csv", "--features", "colour"])

@@ -8,6 +8,7 @@ import pytest
 import blend2
 from qdraw.predictions import read_predictions, write_predictions
 from qdraw.vote import parse_rank_weight, rank_weights, ranks_from_probs, submission_ranks, vote
+from common import run_cli
 
 CLASSES = ["a", "b", "c", "paint can"]
 M1 = np.array([[0.5, 0.3, 0.15, 0.05]])  # ranks a, b, c, paint can
@@ -83,9 +84,9 @@ def _files(folder: Path) -> list[str]:
 def test_cli_vote_over_files_and_a_submission(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     paths = _files(tmp_path)
     (tmp_path / "labels.csv").write_text("key_id,word\n7,b\n3,paint_can\n")
-    blend2.main(blend2.parse_args([*paths, "--method", "vote", "--vote-depth", "3", "--weights", "1", "1", "2",
+    run_cli(blend2, [*paths, "--method", "vote", "--vote-depth", "3", "--weights", "1", "1", "2",
                                    "--preds", str(tmp_path / "v.csv"), "--submission", str(tmp_path / "sub.csv"),
-                                   "--labels", str(tmp_path / "labels.csv")]))
+                                   "--labels", str(tmp_path / "labels.csv")])
     keys, probs, classes = read_predictions(tmp_path / "v.csv")
     assert keys.tolist() == [7, 3] and classes == CLASSES
     np.testing.assert_allclose(probs[0], [13 / 44, 15 / 44, 14 / 44, 2 / 44], atol=2e-6)
@@ -96,8 +97,8 @@ def test_cli_vote_over_files_and_a_submission(tmp_path: Path, capsys: pytest.Cap
 def test_cli_vote_of_submissions_only(tmp_path: Path) -> None:
     (tmp_path / "s1.csv").write_text("key_id,word\n1,paint_can cat dog\n")
     (tmp_path / "s2.csv").write_text("key_id,word\n1,dog cat paint_can\n")
-    blend2.main(blend2.parse_args([str(tmp_path / "s1.csv"), str(tmp_path / "s2.csv"), "--method", "vote",
-                                   "--submission", str(tmp_path / "out.csv"), "--weights", "2", "1"]))
+    run_cli(blend2, [str(tmp_path / "s1.csv"), str(tmp_path / "s2.csv"), "--method", "vote",
+                                   "--submission", str(tmp_path / "out.csv"), "--weights", "2", "1"])
     # paint_can 2/3 + 1/9, dog 2/9 + 1/3, cat 1/3 + 1/6
     assert (tmp_path / "out.csv").read_text().splitlines()[1] == "1,paint_can dog cat"
 
@@ -107,11 +108,12 @@ def test_cli_vote_of_submissions_only(tmp_path: Path) -> None:
                                             (["--balance"], "takes no")])
 def test_cli_vote_refusals(tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str) -> None:
     with pytest.raises(SystemExit) as exc:
-        blend2.parse_args(["a.csv", "b.csv", "--method", "vote", "--submission", "s.csv", *extra])
-    assert exc.value.code == 2 and message in capsys.readouterr().err
+        run_cli(blend2, ["a.csv", "b.csv", "--method", "vote", "--submission",
+                                                         "s.csv", *extra])
+    assert str(exc.value).startswith("error: ") and message in str(exc.value)
 
 
 def test_cli_mean_refuses_a_submission(tmp_path: Path) -> None:
     paths = _files(tmp_path)
     with pytest.raises(SystemExit, match="error: .*s3.csv is a submission .*only --method vote"):
-        blend2.main(blend2.parse_args([*paths, "--submission", str(tmp_path / "sub.csv")]))
+        run_cli(blend2, [*paths, "--submission", str(tmp_path / "sub.csv")])
