@@ -15,7 +15,7 @@ the figures are comparable. Figures are printed, never asserted.
    epochs), then both at once for the same seconds, at the default switch interval, with 1 and 2 loader threads.
    Consumers: ``torch`` (tiny torch ops, each releasing and re-taking the GIL, as a loop launching GPU work does) and
    ``python`` (a pure-Python loop that never releases it). ``consumer_keep`` and ``loader_keep`` are each one's
-   rate together over its rate alone.
+   rate together over its rate alone: medians over rounds of the three phases in turn.
 
     python bench.py raster --encoding rgb --size 128 --data data/kaggle_simplified
     python bench.py raster --encoding rgb --size 128 --data data/k345 --threads 2 --workers '' --probes ''
@@ -64,7 +64,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    "('' to skip; default 2)")
     p.add_argument("--probes", default="1,2", help="comma list of loader thread counts for the GIL probes ('' to "
                    "skip; default 1,2)")
-    p.add_argument("--probe-seconds", type=float, default=3.0, help="seconds of each probe phase (default 3)")
+    p.add_argument("--probe-seconds", type=float, default=2.0, help="seconds of each probe phase (default 2)")
+    p.add_argument("--probe-rounds", type=int, default=5, help="rounds of the three phases, medians reported "
+                   "(default 5)")
+    p.add_argument("--chunk", type=int, default=None, help="batches per compiled call of a loader thread (default: "
+                   "qdraw.loader.CHUNK)")
 
 
 def pil_draw(xy: np.ndarray, strokes: np.ndarray, drawings: np.ndarray, colors: np.ndarray, size: int,
@@ -107,7 +111,7 @@ def _dataset(store: Store, args: argparse.Namespace) -> BalancedBlockDataset:
 def _loader(store: Store, args: argparse.Namespace, workers: int, backend: str = "threads"):
     render = make_render(InputSpec.raster(args.encoding, args.size, args.line_width))
     return create_loader(_dataset(store, args), render, args.batch_size, True, workers, seed=args.seed,
-                         pin_memory=False, backend=backend)
+                         pin_memory=False, backend=backend, chunk=args.chunk if backend == "threads" else None)
 
 
 class _Repeat(ThreadLoader):
@@ -209,7 +213,7 @@ def cycle_over_repeat(store: Store, args: argparse.Namespace, threads: int, roun
         cyc.append(_rates({"l": lambda stop, count: _drive(loader, stop, count)}, args.min_seconds, 1.0)["l"])
         loader.close()
         base = _loader(store, args, threads)
-        repeat = _Repeat(base.dataset, base.render, base.sampler, base.batch_size, True, threads)
+        repeat = _Repeat(base.dataset, base.render, base.sampler, base.batch_size, True, threads, chunk=args.chunk)
         rep.append(_rates({"l": lambda stop, count: _drive(repeat, stop, count, cycle=False)}, args.min_seconds,
                           1.0)["l"])
         repeat.close()
@@ -217,19 +221,26 @@ def cycle_over_repeat(store: Store, args: argparse.Namespace, threads: int, roun
 
 
 def gil_probe(store: Store, args: argparse.Namespace, threads: int, consumer: str) -> dict[str, float]:
-    """Consumer alone, loader alone, both together: their rates and the two keep ratios (module docstring)."""
+    """Consumer alone, loader alone, both together, --probe-rounds times in turn: each round's two keep ratios
+    (module docstring), so a drift of the machine's speed (steal time of 0-12 % seen here from second to second)
+    falls on both sides of a ratio; returns the medians over rounds and their ranges."""
     work = _torch_ops if consumer == "torch" else _python_loop
     loader = _loader(store, args, threads)
 
     def drive(stop, count):
         _drive(loader, stop, count)
 
-    alone_c = _rates({"c": work}, args.probe_seconds)["c"]
-    alone_l = _rates({"l": drive}, args.probe_seconds)["l"]
-    both = _rates({"c": work, "l": drive}, args.probe_seconds)
+    rounds = []
+    for _ in range(args.probe_rounds):
+        alone_c = _rates({"c": work}, args.probe_seconds)["c"]
+        alone_l = _rates({"l": drive}, args.probe_seconds)["l"]
+        both = _rates({"c": work, "l": drive}, args.probe_seconds)
+        rounds.append((both["c"] / alone_c, both["l"] / alone_l, alone_c, alone_l))
     loader.close()
-    return {"consumer_alone": alone_c, "loader_alone": alone_l, "consumer_keep": both["c"] / alone_c,
-            "loader_keep": both["l"] / alone_l}
+    r = np.array(rounds)
+    return {"consumer_keep": float(np.median(r[:, 0])), "loader_keep": float(np.median(r[:, 1])),
+            "consumer_range": (r[:, 0].min(), r[:, 0].max()), "loader_range": (r[:, 1].min(), r[:, 1].max()),
+            "consumer_alone": float(np.median(r[:, 2])), "loader_alone": float(np.median(r[:, 3]))}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -290,6 +301,7 @@ def run(args: argparse.Namespace) -> None:
     for k in [int(k) for k in args.probes.split(",") if k.strip()]:
         for consumer in ("torch", "python"):
             r = gil_probe(store, args, k, consumer)
+            (c0, c1), (l0, l1) = r["consumer_range"], r["loader_range"]
             print(f"gil_{consumer}_t{k} consumer_keep {r['consumer_keep']:.2f} loader_keep {r['loader_keep']:.2f}  "
-                  f"(consumer alone {r['consumer_alone']:.0f}/s, loader alone {r['loader_alone']:.0f} images/s)",
-                  flush=True)
+                  f"(medians of {args.probe_rounds} rounds, ranges {c0:.2f}-{c1:.2f} and {l0:.2f}-{l1:.2f}; consumer "
+                  f"alone {r['consumer_alone']:.0f}/s, loader alone {r['loader_alone']:.0f} images/s)", flush=True)

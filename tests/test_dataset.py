@@ -375,7 +375,7 @@ def test_bench_raster_draws_the_loaders_epoch(raw_store, capsys):
     args = p.parse_args(["--data", str(raw_store), "--size", "64", "--drawings", "160", "--baseline-drawings", "8",
                          "--batch-size", "16", "--threads", "1,2", "--workers", "0", "--min-seconds", "0.2",
                          "--cycle-threads", "2",
-                         "--probes", "1", "--probe-seconds", "0.2"])
+                         "--probes", "1", "--probe-seconds", "0.2", "--probe-rounds", "1"])
     bench_raster.run(args)
     out = capsys.readouterr().out
     for label in ("raster_rgb_64 ", "pil_rgb_64 ", "loader_rgb_64_t1 ", "loader_rgb_64_t2 ", "loader_rgb_64_w0 ",
