@@ -29,8 +29,10 @@ re-validating every block at each epoch held the GIL for ~90 ms an epoch of 6 ba
 from __future__ import annotations
 
 import collections
+import os
 import resource
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +52,20 @@ __all__ = ["BalancedBlockDataset", "Locator", "SplitDataset", "StrokeDataset", "
 # Each open block is a memory map holding a file descriptor; stay well inside the process's limit (1024 on many
 # desktops) while holding a few epochs of a full store's blocks (one per class an epoch).
 MAX_OPEN_BLOCKS = max(64, min(2048, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4))
+
+_LIVE: weakref.WeakSet = weakref.WeakSet()  # every dataset of this process, for the fork hook below
+
+
+def _after_fork_in_child() -> None:
+    """Give each dataset a fresh lock in a forked child (a DataLoader worker): a loader thread of the parent may have
+    held the lock at the fork, and no thread of the child would ever release it (a worker hung for good on
+    ``locator`` in tests/test_augment.py). The caches are left as they were: forking happens under the GIL, so
+    they are whole, and re-validating every block in each worker is what the cache avoids."""
+    for ds in list(_LIVE):
+        ds._lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @dataclass
@@ -75,6 +91,7 @@ class StrokeDataset(Dataset):
         # One shared-memory number: set_epoch in the main process is seen by persistent DataLoader workers.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._init_caches()
+        _LIVE.add(self)
 
     def _init_caches(self) -> None:
         self._lock = threading.RLock()
@@ -89,6 +106,7 @@ class StrokeDataset(Dataset):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._init_caches()
+        _LIVE.add(self)
 
     @property
     def epoch(self) -> int:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import pickle
+import threading
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from qdraw.augment import Augment, flip_bits
 from qdraw.batch import StrokeBatch
@@ -157,6 +158,30 @@ def test_two_workers_one_block_per_class(store):
         sampler = DistributedSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=1)
         sampler.set_epoch(epoch)
         assert torch.equal(x, expected(ds, list(sampler)))
+
+
+def test_a_worker_forked_while_a_thread_holds_the_lock_still_draws(store):
+    """A DataLoader worker forked while a loader thread of the parent holds the dataset's lock (a thread loader drawing
+    ahead beside a processes loader hung the suite this way) gets a lock of its own and delivers its batch."""
+    ds = dataset(store, seed=1)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with ds._lock:
+            held.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    held.wait(10)
+    try:  # the worker forks now, with the lock taken; without a fresh one it would wait forever (timeout: 20 s)
+        loader = DataLoader(ds, batch_sampler=[[0, 4, 7]], num_workers=1, collate_fn=lambda b: b, timeout=20)
+        got = next(iter(loader))
+    finally:
+        release.set()
+        thread.join()
+    ref = ds.batch([0, 4, 7])
+    assert np.array_equal(got.labels, ref.labels) and np.array_equal(got.xy, ref.xy) and len(got) == 3
 
 
 def test_same_seed_same_batches_and_resume(store):
