@@ -31,7 +31,7 @@ from qdraw.distributed import DistInfo, all_gather_objects, broadcast_buffers, c
 from qdraw.engine import evaluate, train_one_epoch
 from qdraw.job import (AMP_DTYPES, Job, build_job, checkpoint_state, output_dir, resume, seed_all, snapshot_epochs,
                        weights_checksum, wrap)
-from qdraw.loader import BACKENDS
+from qdraw.loader import BACKENDS, CHUNK
 from qdraw.logs import TensorBoard, plot_curves, setup_logging, trim_summary, update_summary
 from qdraw.store import StoreError
 
@@ -83,7 +83,10 @@ def _add_data_args(g: argparse._ArgumentGroup) -> None:
                    "process, capped at its share of the cores; 0 draws in the training thread (default 4)")
     g.add_argument("--loader", default="threads", choices=BACKENDS, help="draw batches in threads of the training "
                    "process, or in DataLoader worker processes; both give the same batches (default threads)")
-    g.add_argument("--prefetch", type=int, default=None, help="batches drawn ahead, in all (default 2 per worker)")
+    g.add_argument("--prefetch", type=int, default=None, help="batches drawn ahead, in all (default chunk x "
+                   "(workers + 1))")
+    g.add_argument("--chunk", type=int, default=None, help="batches a loader thread draws per compiled call, taking "
+                   f"the GIL once (default {CHUNK}; docs/DATA_PATH.md)")
 
 
 def _add_model_args(g: argparse._ArgumentGroup) -> None:
@@ -172,7 +175,7 @@ def _add_output_args(g: argparse._ArgumentGroup) -> None:
 def _check_args(args: argparse.Namespace) -> None:
     """Reject values no run could use, with one line each (the CLI turns ValueError into 'error: ...')."""
     positive = ("image_size", "epochs", "batch_size", "accum_steps", "period", "line_width", "samples_per_class",
-                "val_per_class", "clip_grad", "lr_base_batch", "prefetch")
+                "val_per_class", "clip_grad", "lr_base_batch", "prefetch", "chunk")
     for key in positive:
         value = getattr(args, key)
         if value is not None and not value > 0:

@@ -144,7 +144,7 @@ def _loaders(args: argparse.Namespace, info: DistInfo, store: Store, render: Ras
              train_set: qdata.BalancedBlockDataset, batch: int, workers: int) -> tuple[object, object | None]:
     """Training loader (sharded by rank through its sampler) and validation loader (split rank::world_size, no
     padding, so every drawing counts once; None when the store has no validation split)."""
-    kw = dict(num_workers=workers, backend=args.loader, prefetch=args.prefetch)
+    kw = dict(num_workers=workers, backend=args.loader, prefetch=args.prefetch, chunk=args.chunk)
     train_loader = create_loader(train_set, render, batch, is_training=True, distributed=info.distributed,
                                  seed=args.seed, **kw)
     if len(train_loader) == 0:

@@ -36,7 +36,11 @@ from .produce import produce
 from .render import PointsRender, RasterRender, to_model_input  # noqa: F401  (to_model_input: the earlier home)
 
 BACKENDS = ("threads", "processes")
-CHUNK = 4  # batches per compiled call: the GIL is taken once per chunk (bench.py raster measures what that buys)
+# Batches per compiled call: the GIL is taken once per chunk. Medians of 15 rounds of bench.py raster's GIL probes
+# (2 cores, rgb @128, batch 256, one loader thread): chunk 4 let a torch-op consumer keep 0.72 of its rate and the
+# loader 0.51 beside a pure-Python one; chunk 8 0.91 and 0.75 (docs/BENCHMARKS.md). Costs chunk x (threads + 1)
+# batches of buffers (prefetch); lower it with --chunk where memory is short.
+CHUNK = 8
 
 
 def sampler_order(sampler, epoch: int) -> np.ndarray:
