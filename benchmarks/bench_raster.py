@@ -15,7 +15,9 @@ the figures are comparable. Figures are printed, never asserted.
    epochs), then both at once for the same seconds, at the default switch interval, with 1 and 2 loader threads.
    Consumers: ``torch`` (tiny torch ops, each releasing and re-taking the GIL, as a loop launching GPU work does) and
    ``python`` (a pure-Python loop that never releases it). ``consumer_keep`` and ``loader_keep`` are each one's
-   rate together over its rate alone: medians over rounds of the three phases in turn.
+   rate together over its rate alone: medians over rounds of the three phases in turn. The control (``--probes 0``)
+   puts a thread in the loader's place that writes batches in compiled calls holding no GIL: what the consumer keeps
+   beside it is what sharing the cores and memory costs, the ceiling of any loader on that machine.
 
     python bench.py raster --encoding rgb --size 128 --data data/kaggle_simplified
     python bench.py raster --encoding rgb --size 128 --data data/k345 --threads 2 --workers '' --probes ''
@@ -62,8 +64,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--augment", default="none", help="stroke augmentation preset of the loaders (default none)")
     p.add_argument("--cycle-threads", default="2", help="comma list of thread counts for loader_cycle_over_repeat "
                    "('' to skip; default 2)")
-    p.add_argument("--probes", default="1,2", help="comma list of loader thread counts for the GIL probes ('' to "
-                   "skip; default 1,2)")
+    p.add_argument("--probes", default="0,1,2", help="comma list of loader thread counts for the GIL probes, 0 = the "
+                   "GIL-free control in place of the loader ('' to skip; default 0,1,2)")
     p.add_argument("--probe-seconds", type=float, default=2.0, help="seconds of each probe phase (default 2)")
     p.add_argument("--probe-rounds", type=int, default=5, help="rounds of the three phases, medians reported "
                    "(default 5)")
@@ -168,6 +170,9 @@ def _rates(phases: dict, seconds: float, warm: float = 0.5) -> dict[str, float]:
     threads = [threading.Thread(target=fn, args=(stop, counts[k]), daemon=True) for k, fn in phases.items()]
     for t in threads:
         t.start()
+    deadline = time.perf_counter() + 600  # a first call may compile (numba caches per checkout): not in the window
+    while any(c[0] == 0 for c in counts.values()) and time.perf_counter() < deadline:
+        time.sleep(0.01)
     time.sleep(warm)
     start = {k: c[0] for k, c in counts.items()}
     t0 = time.perf_counter()
@@ -187,6 +192,29 @@ def _loader_rate(store: Store, args: argparse.Namespace, workers: int, backend: 
     rate = _rates({"loader": lambda stop, count: _drive(loader, stop, count)}, args.min_seconds, warm=1.0)["loader"]
     getattr(loader, "close", lambda: None)()
     return rate
+
+
+def _fill(buf: np.ndarray, value: int) -> None:
+    for i in range(buf.size):
+        buf[i] = (i + value) & 255
+
+
+_fill_nogil = None
+
+
+def _nogil_load(stop: threading.Event, count: list[int]) -> None:
+    """The GIL-free control: a thread writing one batch of rgb 128 px pictures (256 x 3 x 128 x 128 bytes) per
+    compiled call that releases the GIL, counting batches. Beside a consumer it costs only what sharing the cores
+    and memory costs, so the consumer's keep against it is the ceiling any loader can reach on this machine."""
+    global _fill_nogil
+    if _fill_nogil is None:
+        from numba import njit
+
+        _fill_nogil = njit(nogil=True, cache=True)(_fill)
+    buf = np.empty(256 * 3 * 128 * 128, np.uint8)
+    while not stop.is_set():
+        _fill_nogil(buf, count[0])
+        count[0] += 256
 
 
 def _torch_ops(stop: threading.Event, count: list[int]) -> None:
@@ -223,12 +251,13 @@ def cycle_over_repeat(store: Store, args: argparse.Namespace, threads: int, roun
 def gil_probe(store: Store, args: argparse.Namespace, threads: int, consumer: str) -> dict[str, float]:
     """Consumer alone, loader alone, both together, --probe-rounds times in turn: each round's two keep ratios
     (module docstring), so a drift of the machine's speed (steal time of 0-12 % seen here from second to second)
-    falls on both sides of a ratio; returns the medians over rounds and their ranges."""
+    falls on both sides of a ratio; returns the medians over rounds and their ranges. threads 0: the GIL-free
+    control (_nogil_load) in place of the loader."""
     work = _torch_ops if consumer == "torch" else _python_loop
-    loader = _loader(store, args, threads)
+    loader = _loader(store, args, threads) if threads else None
 
     def drive(stop, count):
-        _drive(loader, stop, count)
+        _drive(loader, stop, count) if loader is not None else _nogil_load(stop, count)
 
     rounds = []
     for _ in range(args.probe_rounds):
@@ -236,7 +265,7 @@ def gil_probe(store: Store, args: argparse.Namespace, threads: int, consumer: st
         alone_l = _rates({"l": drive}, args.probe_seconds)["l"]
         both = _rates({"c": work, "l": drive}, args.probe_seconds)
         rounds.append((both["c"] / alone_c, both["l"] / alone_l, alone_c, alone_l))
-    loader.close()
+    getattr(loader, "close", lambda: None)()
     r = np.array(rounds)
     return {"consumer_keep": float(np.median(r[:, 0])), "loader_keep": float(np.median(r[:, 1])),
             "consumer_range": (r[:, 0].min(), r[:, 0].max()), "loader_range": (r[:, 1].min(), r[:, 1].max()),
@@ -302,6 +331,7 @@ def run(args: argparse.Namespace) -> None:
         for consumer in ("torch", "python"):
             r = gil_probe(store, args, k, consumer)
             (c0, c1), (l0, l1) = r["consumer_range"], r["loader_range"]
-            print(f"gil_{consumer}_t{k} consumer_keep {r['consumer_keep']:.2f} loader_keep {r['loader_keep']:.2f}  "
+            name = f"gil_{consumer}_t{k}" if k else f"gil_{consumer}_control"
+            print(f"{name} consumer_keep {r['consumer_keep']:.2f} loader_keep {r['loader_keep']:.2f}  "
                   f"(medians of {args.probe_rounds} rounds, ranges {c0:.2f}-{c1:.2f} and {l0:.2f}-{l1:.2f}; consumer "
                   f"alone {r['consumer_alone']:.0f}/s, loader alone {r['loader_alone']:.0f} images/s)", flush=True)

@@ -1,9 +1,10 @@
 """Every CLI on bad input: a non-zero exit, one clear line on stderr (or argparse's usage error), never a traceback.
 
-Each case runs the real script in a subprocess, as a user would. The cases cover missing files, wrong formats, data
-that does not fit the model (a time-encoding checkpoint on simplified drawings, other classes), unknown models,
-disagreeing prediction files and bad flag values. They are started together two at a time by one fixture, because
-each script that imports torch spends ~4 s starting up. The README's table of errors lists these cases.
+Each case runs the real script in a process of its own, as a user would. The cases cover missing files, wrong
+formats, data that does not fit the model (a time-encoding checkpoint on simplified drawings, other classes), unknown
+models, disagreeing prediction files and bad flag values. They run two at a time from one fixture, forked from a
+server that has imported torch (common.run_scripts), because each script that imports torch spends ~2 s starting
+up. The README's table of errors lists these cases.
 """
 from __future__ import annotations
 
@@ -12,8 +13,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import orjson
 import pytest
 
 import models
+from common import run_scripts
 from qdraw.checkpoint import CHECKPOINT_VERSION, save_checkpoint
 from qdraw.inference import open_input
 from qdraw.predictions import write_labels, write_predictions
@@ -203,19 +203,13 @@ CASES = [
 ]
 
 
-def _run(script: str, argv: list[str], inputs: dict[str, Path]) -> subprocess.CompletedProcess:
-    args = [a.format(**inputs) for a in argv]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=inputs["root"], env=env, capture_output=True,
-                          text=True, timeout=300)
-
-
 @pytest.fixture(scope="module")
 def results(inputs) -> dict[str, subprocess.CompletedProcess]:
-    """Every case's finished process, two at a time (startup is mostly importing torch, one core each)."""
-    with ThreadPoolExecutor(2) as pool:
-        futures = {case[0]: pool.submit(_run, case[1], case[2], inputs) for case in CASES}
-        return {name: f.result() for name, f in futures.items()}
+    """Every case's finished process, two at a time, forked from a server that has imported torch (common.run_scripts:
+    a fresh process each, without paying torch's import 48 times)."""
+    done = run_scripts([(script, [a.format(**inputs) for a in argv]) for _, script, argv, _, _ in CASES],
+                       cwd=inputs["root"])
+    return {case[0]: res for case, res in zip(CASES, done)}
 
 
 @pytest.mark.slow

@@ -3,9 +3,6 @@ torch's packed one, the learned rasteriser's scatter on a hand-made drawing, ONN
 length, a tiny model overfitting 32 drawings, a training step of every registered point model, registry rules."""
 from __future__ import annotations
 
-import io
-import warnings
-
 import numpy as np
 import pytest
 import torch
@@ -151,26 +148,22 @@ def test_rasterizer_trunk_is_torchvision_resnet_stages(trunk: str):
 
 
 def _onnx_probabilities(model: nn.Module, inputs: list[torch.Tensor]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(onnxruntime, torch) softmax probabilities of each input, the model exported once on another shape."""
+    """(onnxruntime, torch) softmax probabilities of each input, the model exported once on another shape by
+    export.py's own exporter (qdraw.export.to_onnx: torch.export-based, batch and length dynamic)."""
     import onnxruntime as ort
 
-    buf = io.BytesIO()
-    with warnings.catch_warnings():  # the zoo's input check reads shapes: TracerWarnings about constants
-        warnings.simplefilter("ignore")
-        # dynamo=False: the dynamo exporter needs onnxscript, which this environment lacks; the TorchScript-based
-        # one handles every op here (opset 17: ScatterElements with reduction="add", scaled_dot_product_attention).
-        torch.onnx.export(model, (torch.zeros(3, 20, inputs[0].shape[2]),), buf, input_names=["points"],
-                          output_names=["logits"], dynamic_axes={"points": {0: "batch", 1: "length"},
-                                                                 "logits": {0: "batch"}},
-                          opset_version=17, dynamo=False)
+    from qdraw.export import MIN_OPSET, GraphInput, Probabilities, to_onnx
+
+    wrapper = Probabilities(model).eval()
+    inp = GraphInput("points", torch.zeros(3, 20, inputs[0].shape[2]), {0: "batch", 1: "length"}, "points", None)
     opts = ort.SessionOptions()
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # a shared machine (qdraw.classifier)
-    session = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(to_onnx(wrapper, inp, MIN_OPSET).SerializeToString(), opts,
+                                   providers=["CPUExecutionProvider"])
     out = []
     for x in inputs:
-        got = torch.softmax(torch.from_numpy(session.run(None, {"points": x.numpy()})[0]), 1).numpy()
         with torch.no_grad():
-            out.append((got, torch.softmax(model(x), 1).numpy()))
+            out.append((session.run(None, {"points": x.numpy()})[0], wrapper(x).numpy()))
     return out
 
 
