@@ -8,7 +8,7 @@ Scores are read from the files the CLIs write (prediction CSVs + labels), on the
 last.pth (no model selection on the scored drawings).
 
     python demo.py                                 # about 3-5 minutes on 2 CPU cores, outputs in runs/demo
-    python demo.py --quick --output /tmp/demo      # a one-epoch smoke run in about a minute
+    python demo.py --quick --output /tmp/demo      # a two-epoch smoke run in about a minute
     python demo.py --encodings grey,rgb --epochs 6
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="synthetic drawings generated per class (default 1500)")
     parser.add_argument("--method", choices=("mean", "gmean"), default="gmean", help="blend (default gmean)")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke budget: 300 drawings a class, 3 epochs of 96 a class (overrides the three above)")
+                        help="smoke budget: 300 drawings a class, 2 epochs of 64 a class (overrides the three above)")
     return parser
 
 
@@ -87,7 +87,7 @@ def train_and_predict(args: argparse.Namespace, out: Path, store: Path, encoding
 
 def main(args: argparse.Namespace) -> None:
     if args.quick:
-        args.synthetic_per_class, args.epochs, args.samples_per_class = 300, 3, 96
+        args.synthetic_per_class, args.epochs, args.samples_per_class = 300, 2, 64
     encodings = [e.strip() for e in args.encodings.split(",") if e.strip()]
     if len(encodings) < 2 or len(set(encodings)) != len(encodings):
         raise SystemExit(f"error: --encodings needs two or more different encodings, got {args.encodings!r}")

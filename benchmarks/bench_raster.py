@@ -164,8 +164,8 @@ def _drive(loader, stop: threading.Event, count: list[int], cycle: bool = True) 
 
 
 def _rates(phases: dict, seconds: float, warm: float = 0.5) -> dict[str, float]:
-    """Run each named worker function(stop, count) in its own thread; after `warm` seconds count for `seconds`;
-    return units per second of each."""
+    """Run each named worker function(stop, count) in its own thread; once each has counted its first unit and
+    min(warm, seconds) more seconds have passed, count for `seconds`; return units per second of each."""
     stop, counts = threading.Event(), {k: [0] for k in phases}
     threads = [threading.Thread(target=fn, args=(stop, counts[k]), daemon=True) for k, fn in phases.items()]
     for t in threads:
@@ -173,7 +173,7 @@ def _rates(phases: dict, seconds: float, warm: float = 0.5) -> dict[str, float]:
     deadline = time.perf_counter() + 600  # a first call may compile (numba caches per checkout): not in the window
     while any(c[0] == 0 for c in counts.values()) and time.perf_counter() < deadline:
         time.sleep(0.01)
-    time.sleep(warm)
+    time.sleep(min(warm, seconds))
     start = {k: c[0] for k, c in counts.items()}
     t0 = time.perf_counter()
     time.sleep(seconds)

@@ -4,9 +4,10 @@ onnxruntime), predict.py on the .onnx, average_checkpoints.py, blend2.py with a 
 answering a drawn circle. On 4 real classes of the shared slice (the store of conftest's real4_model)."""
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import math
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from common import ROOT, run_train, train_argv
+from common import run_cli, run_train, train_argv
 from qdraw.checkpoint import load_checkpoint
 from qdraw.classifier import load_classifier
 from qdraw.predictions import read_predictions
@@ -28,10 +29,13 @@ with warnings.catch_warnings():
 MODELS = {"stroke_gru": "hidden=32,conv_widths=16:32", "learned_rasterizer": "trunk=resnet18,width=8,grid=12"}
 
 
-def _script(*argv: str) -> str:
-    done = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    return done.stdout
+def _script(script: str, *argv: str) -> str:
+    """A script's main on argv in this process (common.run_cli), its stdout returned: the code a user's command runs,
+    without ~3 s of interpreter and torch start-up for each of the nine calls."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        run_cli(importlib.import_module(script.removesuffix(".py")), list(argv))
+    return out.getvalue()
 
 
 @pytest.fixture(scope="module")
