@@ -21,8 +21,10 @@ nothing outside the pool refers to it. Either way a batch stays valid for as lon
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 import math
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -41,6 +43,49 @@ BACKENDS = ("threads", "processes")
 # loader 0.51 beside a pure-Python one; chunk 8 0.91 and 0.75 (docs/BENCHMARKS.md). Costs chunk x (threads + 1)
 # batches of buffers (prefetch); lower it with --chunk where memory is short.
 CHUNK = 8
+
+
+class _ForkGate:
+    """A fork waits until no loader thread is drawing a chunk and holds new chunks back until it is done.
+
+    A forked child (a DataLoader worker of ``backend="processes"``) inherits every lock as it was, and a lock held by a
+    thread that does not exist in the child is never released there: a worker hung for good on llvmlite's lock, taken
+    by a loader thread of the parent looking up a compiled kernel while training loaders drew ahead. Waiting costs at
+    most one chunk (tens of ms); a chunk pays two uncontended lock operations."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._busy = 0
+
+    @contextlib.contextmanager
+    def drawing(self):
+        with self._cond:  # held by a fork in progress: wait for it
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy -= 1
+                self._cond.notify_all()
+
+    def before_fork(self) -> None:
+        self._cond.acquire()  # held through the fork, so no chunk starts; wait() lets running ones finish
+        self._cond.wait_for(lambda: self._busy == 0)
+
+    def after_fork_in_parent(self) -> None:
+        self._cond.release()
+
+
+_GATE = _ForkGate()
+
+
+def _after_fork_in_child() -> None:
+    global _GATE
+    _GATE = _ForkGate()  # the child has no loader threads; the parent's gate stays held in its copy
+
+
+os.register_at_fork(before=lambda: _GATE.before_fork(), after_in_parent=lambda: _GATE.after_fork_in_parent(),
+                    after_in_child=_after_fork_in_child)
 
 
 def sampler_order(sampler, epoch: int) -> np.ndarray:
@@ -144,7 +189,8 @@ class ThreadLoader:
 
     def _draw(self, epoch: int, idx: np.ndarray, bufs: tuple) -> list[tuple[torch.Tensor, torch.Tensor]]:
         x_np, y_np, x, y = bufs
-        produce(self.dataset, self.render, idx, epoch, x_np, y_np)
+        with _GATE.drawing():
+            produce(self.dataset, self.render, idx, epoch, x_np, y_np)
         return [(x[k], y[k]) for k in range(len(idx))]
 
     def _fill(self) -> None:

@@ -9,9 +9,11 @@ an item came from can be read off the image the loader yields.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -183,6 +185,30 @@ def test_a_worker_forked_while_a_thread_holds_the_lock_still_draws(store):
         thread.join()
     ref = ds.batch([0, 4, 7])
     assert np.array_equal(got.labels, ref.labels) and np.array_equal(got.xy, ref.xy) and len(got) == 3
+
+
+def test_a_fork_waits_for_the_chunk_a_loader_thread_is_drawing():
+    """A fork (a DataLoader worker starting) waits for chunks in progress (qdraw.loader._GATE): a lock taken inside a
+    chunk — llvmlite's, looking up a kernel, hung a worker of the suite for good — is free in the child. Without the
+    gate the child inherits it taken and its acquire times out (exit 1)."""
+    import qdraw.loader as loader_module
+
+    lock, inside = threading.Lock(), threading.Event()
+
+    def chunk() -> None:
+        with loader_module._GATE.drawing(), lock:
+            inside.set()
+            time.sleep(0.3)
+
+    thread = threading.Thread(target=chunk)
+    thread.start()
+    inside.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest teardown, just the answer
+        os._exit(0 if lock.acquire(timeout=5) else 1)
+    _, status = os.waitpid(pid, 0)
+    thread.join()
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_same_seed_same_batches_and_resume(store):
