@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import models
+from common import run_scripts
 from qdraw.augment import Augment
 from qdraw.checkpoint import CHECKPOINT_VERSION, save_checkpoint
 from qdraw.dataset import SplitDataset
@@ -40,8 +41,8 @@ def setup(tmp_path_factory, shared_data):
 
 
 def _predict(tmp: Path, *args: str) -> str:
-    res = subprocess.run([sys.executable, str(ROOT / "predict.py"), "--checkpoint", str(tmp / "ckpt.pth"),
-                          "--workers", "0", "--quiet", *args], capture_output=True, text=True, cwd=tmp)
+    [res] = run_scripts([("predict.py", ["--checkpoint", str(tmp / "ckpt.pth"), "--workers", "0", "--quiet", *args])],
+                        cwd=tmp)
     assert res.returncode == 0, res.stderr
     return res.stdout
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common import ROOT
+from common import run_scripts
 from qdraw.encoding import list_encodings, get_encoding
 from qdraw.prepare import PrepareOptions, prepare
 from qdraw.raster import Sources, rasterize
@@ -219,10 +217,11 @@ def test_train_on_a_crafted_block_is_one_error_line(real_store, tmp_path, worker
     shutil.copytree(real_store, work)
     path = sorted(work.glob("classes/002/train_*.qdb"))[0]
     path.write_bytes(_set_value(_without_crc(path.read_bytes()), "strokes", 4, 10**7))
-    res = subprocess.run([sys.executable, str(ROOT / "train.py"), "--data", str(work), "--output",
-                          str(tmp_path / "run"), "--model", "squeezenet", "--image-size", "32", "--batch-size", "8",
-                          "--epochs", "1", "--workers", str(workers), "--no-progress", "--no-tensorboard",
-                          "--device", "cpu"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    # a process of its own (a signal would show as a negative code), forked from a server that imported torch
+    [res] = run_scripts([("train.py", ["--data", str(work), "--output", str(tmp_path / "run"), "--model",
+                                       "squeezenet", "--image-size", "32", "--batch-size", "8", "--epochs", "1",
+                                       "--workers", str(workers), "--no-progress", "--no-tensorboard", "--device",
+                                       "cpu"])], cwd=tmp_path)
     assert res.returncode == 1, (res.returncode, res.stderr[-2000:])
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error")]
     assert "Traceback" not in res.stderr and len(errors) == 1, res.stderr[-2000:]
